@@ -1,0 +1,1 @@
+"""Callbacks: step schedules, the divergence guard, and the article's figures."""

@@ -1,0 +1,70 @@
+"""Step schedules: a table (global step → value) and one callback that applies it.
+
+The value for step ``s`` is the table's entry with the largest key ≤ ``s``; it is applied
+before step ``s`` runs (``s`` counts optimizer steps from 0, like the article's loop index),
+so a run resumed from a checkpoint at step ``s`` picks up the right value at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Mapping
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+PARAMS = ("lr", "keep_prob")
+
+
+class StepTable:
+    """A piecewise-constant function of the global step."""
+
+    def __init__(self, values: Mapping[int, float]):
+        if not values:
+            raise ValueError("a step schedule needs at least one (step: value) entry")
+        items = sorted((int(k), float(v)) for k, v in values.items())
+        if items[0][0] != 0:
+            raise ValueError(f"a step schedule must start at step 0, its first step is {items[0][0]}")
+        self.steps = [s for s, _ in items]
+        self.values = [v for _, v in items]
+
+    def __call__(self, step: int) -> float:
+        return self.values[bisect.bisect_right(self.steps, step) - 1]
+
+    def __repr__(self) -> str:
+        return f"StepTable({dict(zip(self.steps, self.values))})"
+
+
+class StepSchedule(L.Callback):
+    """Sets the optimizer's learning rate (``param: lr``) or the network's dropout keep
+    probability (``param: keep_prob``) from a step table before every training step."""
+
+    def __init__(self, param: str, values: Mapping[int, float]):
+        if param not in PARAMS:
+            raise ValueError(f"schedule param must be one of {PARAMS}, got {param!r}")
+        self.param = param
+        self.table = StepTable(values)
+        self.current: float | None = None
+
+    def apply(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> float:
+        value = self.table(step)
+        if self.param == "lr":
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = value
+        else:
+            if not hasattr(pl_module.net, "keep_prob"):
+                raise ValueError(f"{type(pl_module.net).__name__} has no keep_prob to schedule")
+            pl_module.net.keep_prob = value
+        return value
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        value = self.apply(trainer, pl_module, step)
+        if value != self.current:
+            self.current = value
+            log.info("step %d: %s = %g", step, self.param, value)
+            for logger in trainer.loggers:
+                logger.log_metrics({f"schedule/{self.param}": value}, step=step)

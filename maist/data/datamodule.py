@@ -1,0 +1,165 @@
+"""MaistDataModule: splits, samplers and batches straight from in-memory tensors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from maist.data.dataset import EtlHiragana
+from maist.data.preprocess import Preprocess
+from maist.data.split import make_split
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("with_replacement", "epoch")
+
+
+class TensorBatches(Dataset):
+    """Indexed by a tensor of indices, returns a whole batch: no per-sample collation."""
+
+    def __init__(self, data: torch.Tensor, targets: torch.Tensor):
+        self.data, self.targets = data, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, idx: torch.Tensor):
+        return self.data[idx], self.targets[idx]
+
+
+class BatchIndexSampler:
+    """Yields index tensors: ``batch_size`` drawn with replacement each step (the article's
+    ``random_index(50)``), or the batches of a fresh permutation each epoch.
+
+    Seeded by (seed, epoch), so a resumed run draws the same batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, replacement: bool, seed: int = 0,
+                 batches_per_epoch: int | None = None, shuffle: bool = True, drop_last: bool = True):
+        if n == 0:
+            raise ValueError("cannot sample batches from an empty set")
+        self.n, self.batch_size, self.replacement = n, batch_size, replacement
+        self.seed, self.shuffle, self.drop_last, self.epoch = seed, shuffle, drop_last, 0
+        self.batches_per_epoch = batches_per_epoch or max(1, n // batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.replacement:
+            return self.batches_per_epoch
+        full, rest = divmod(self.n, self.batch_size)
+        return full if (self.drop_last and full) else full + bool(rest)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.replacement:
+            for _ in range(len(self)):
+                yield torch.randint(self.n, (self.batch_size,), generator=gen)
+            return
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        for k in range(len(self)):
+            yield order[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+class MaistDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        root: str | None = None,
+        test_root: str | None = None,
+        class_set: str = "hiragana71",
+        preprocess: dict | None = None,
+        image_size: int = 28,
+        split_by: str = "writer",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        batch_size: int = 50,
+        eval_batch_size: int = 1000,
+        sampler: str = "with_replacement",
+        batches_per_epoch: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | bool | None = None,
+    ):
+        super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+        self.save_hyperparameters(logger=False)
+        self.preprocess = Preprocess(image_size=image_size, **(preprocess or {}))
+        self.train_set = self.val_set = self.test_set = None
+        self.classes: list[str] = []
+
+    # ------------------------------------------------------------------ setup
+    def _load(self, root) -> EtlHiragana:
+        h = self.hparams
+        return EtlHiragana(root, h.class_set, self.preprocess, h.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        h = self.hparams
+        full = self._load(h.root)
+        self.classes = full.classes
+        fractions = (h.val_fraction,) if h.test_root else (h.val_fraction, h.test_fraction)
+        parts = make_split(h.split_by, full.targets.numpy(), full.writers.numpy(), fractions, h.split_seed)
+        self.train_set, self.val_set = (Part.of(full, p) for p in parts[:2])
+        self.test_set = Part.of(self._load(h.test_root)) if h.test_root else Part.of(full, parts[2])
+        for name in ("train", "val", "test"):
+            log.info("%s: %s", name, getattr(self, f"{name}_set").describe())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # ------------------------------------------------------------- loaders
+    def _loader(self, part, sampler) -> DataLoader:
+        return DataLoader(TensorBatches(part.data, part.targets), batch_size=None,
+                          sampler=sampler, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        n = len(self.train_set)
+        sampler = BatchIndexSampler(n, h.batch_size, h.sampler == "with_replacement",
+                                    seed=h.split_seed, batches_per_epoch=h.batches_per_epoch)
+        return self._loader(self.train_set, sampler)
+
+    def _eval_loader(self, part) -> DataLoader:
+        n = len(part)
+        sampler = BatchIndexSampler(n, self.hparams.eval_batch_size, False, shuffle=False, drop_last=False)
+        return self._loader(part, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+
+@dataclass
+class Part:
+    """One side of a split: images, labels and writers as tensors."""
+
+    data: torch.Tensor
+    targets: torch.Tensor
+    writers: torch.Tensor
+
+    @classmethod
+    def of(cls, ds: EtlHiragana, idx: np.ndarray | None = None) -> "Part":
+        sel = slice(None) if idx is None else torch.as_tensor(idx, dtype=torch.long)
+        return cls(ds.data[sel], ds.targets[sel], ds.writers[sel])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def describe(self) -> str:
+        return (f"{len(self):,} images, {len(torch.unique(self.writers))} writers, "
+                f"{len(torch.unique(self.targets))} classes")

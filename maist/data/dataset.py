@@ -1,0 +1,101 @@
+"""ETL hiragana as an in-memory dataset, in torchvision's manner."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import VisionDataset
+
+from maist.data.cache import cached_arrays
+from maist.data.etl import EtlFormatError, read_etl8g
+from maist.data.kana import class_set as get_class_set
+from maist.data.preprocess import Preprocess, etl_levels_to_float
+
+log = logging.getLogger(__name__)
+
+
+def sample_root() -> Path:
+    """The generated, non-ETL sample that ships with the package."""
+    from maist.data.sample import SAMPLE_ZIP
+
+    return SAMPLE_ZIP
+
+
+def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) -> dict[str, np.ndarray]:
+    """Decode, select and preprocess the records under ``root`` (cached on disk)."""
+    cs = get_class_set(class_set)
+
+    def compute() -> dict[str, np.ndarray]:
+        recs = read_etl8g(root, jis=cs.jis_to_label)
+        if len(recs) == 0:
+            raise EtlFormatError(
+                f"{root}: none of its {recs.skipped:,} records belongs to class set {class_set!r}. "
+                "Is this ETL8G (hiragana are JIS 0x2421–0x2473)? Or choose another data.class_set."
+            )
+        if recs.skipped:
+            log.info("%s: skipped %d records of characters outside %s", root, recs.skipped, class_set)
+        labels = np.array([cs.jis_to_label[int(j)] for j in recs.jis], dtype=np.int64)
+        images = preprocess(etl_levels_to_float(recs.images)).numpy()
+        return {"images": images, "labels": labels, "writers": recs.sheet.astype(np.int64),
+                "jis": recs.jis, "skipped": np.array(recs.skipped)}
+
+    params = {"class_set": class_set, "preprocess": preprocess.as_dict()}
+    return cached_arrays(root, params, compute, cache_dir)
+
+
+class EtlHiragana(VisionDataset):
+    """Hiragana from ETL8G records, preprocessed and held in memory.
+
+    ``data`` is (N, 1, S, S) float in [0, 1], ink bright; ``targets`` are labels into
+    ``classes``; ``writers`` are the sheet numbers (one per writer).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        class_set: str = "hiragana71",
+        preprocess: Preprocess | None = None,
+        cache_dir: str | os.PathLike | bool | None = None,
+        transform=None,
+        target_transform=None,
+    ):
+        if root is None:
+            root = sample_root()
+            log.info("data.root is not set: using the generated sample %s (not ETL data)", root)
+        super().__init__(str(root), transform=transform, target_transform=target_transform)
+        self.preprocess = preprocess or Preprocess()
+        self.class_set = get_class_set(class_set)
+        self.classes = list(self.class_set.classes)
+        arrays = load_arrays(root, class_set, self.preprocess, cache_dir)
+        self.data = torch.from_numpy(arrays["images"]).unsqueeze(1)
+        self.targets = torch.from_numpy(arrays["labels"])
+        self.writers = torch.from_numpy(arrays["writers"])
+        self.skipped = int(arrays["skipped"])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img, target = self.data[index], int(self.targets[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def writer(self, index: int) -> int:
+        return int(self.writers[index])
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.targets.tolist())
+        return {self.classes[k]: counts[k] for k in sorted(counts)}
+
+    def extra_repr(self) -> str:
+        return (f"Classes: {len(self.classes)} ({self.class_set.name})\n"
+                f"Writers: {len(torch.unique(self.writers))}\n{self.preprocess}")
+

@@ -1,0 +1,110 @@
+"""One preprocessing for every path: training, prediction, export and the web page.
+
+Input is a batch of grey images as float in [0, 1] with the ink bright on a dark
+background (ETL levels / 15 already are). Output is (N, S, S) float32 in [0, 1].
+
+Steps, each a config value (``data.preprocess``):
+- ``contrast: stretch`` removes each image's background (its median) and stretches its
+  ink to 1, so light scans (ETL4C) look like dark ones; ``none`` keeps the levels.
+- ``threshold`` zeroes what stays below that fraction of the ink after stretching
+  (faint cell frames, scanner noise).
+- ``crop: true`` crops to the ink's bounding box and pads it to a square with ``margin``
+  (a fraction of its side) on each side, so size and position no longer vary.
+- the square is resized with antialiasing to ``image_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maist.data.etl import LEVELS
+
+CONTRAST_MODES = ("none", "stretch")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    image_size: int = 28
+    contrast: str = "stretch"
+    threshold: float = 0.0
+    crop: bool = False
+    margin: float = 0.12
+    ink_percentile: float = 99.0  # the level counted as full ink when stretching
+
+    def __post_init__(self):
+        if self.contrast not in CONTRAST_MODES:
+            raise ValueError(f"preprocess.contrast must be one of {CONTRAST_MODES}, got {self.contrast!r}")
+        if self.image_size < 4:
+            raise ValueError(f"image_size must be at least 4, got {self.image_size}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, images: np.ndarray | torch.Tensor, batch: int = 2048) -> torch.Tensor:
+        """(N, H, W) ink-bright floats in [0, 1] → (N, S, S) float32 tensor."""
+        x = torch.as_tensor(images, dtype=torch.float32)
+        if x.ndim == 2:
+            x = x[None]
+        parts = [self._batch(x[i : i + batch]) for i in range(0, len(x), batch)]
+        if not parts:
+            return torch.empty(0, self.image_size, self.image_size)
+        return torch.cat(parts)
+
+    def _batch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.contrast == "stretch":
+            x = stretch_contrast(x, self.ink_percentile)
+        if self.threshold > 0:
+            x = torch.where(x < self.threshold, torch.zeros_like(x), x)
+        if self.crop:
+            return torch.stack([self._crop_resize(img) for img in x])
+        return resize(pad_to_square(x), self.image_size)
+
+    def _crop_resize(self, img: torch.Tensor) -> torch.Tensor:
+        ink = img > max(self.threshold, 0.05)
+        if not ink.any():
+            return resize(pad_to_square(img[None]), self.image_size)[0]
+        rows = torch.nonzero(ink.any(1)).squeeze(1)
+        cols = torch.nonzero(ink.any(0)).squeeze(1)
+        img = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        side = max(img.shape)
+        pad = round(side * self.margin)
+        img = pad_to_square(img[None], side + 2 * pad, fill=0.0)
+        return resize(img, self.image_size)[0]
+
+
+def etl_levels_to_float(levels: np.ndarray) -> np.ndarray:
+    """ETL 4-bit levels (0 = paper, 15 = ink) → float32 in [0, 1], ink bright."""
+    return levels.astype(np.float32) / (LEVELS - 1)
+
+
+def stretch_contrast(x: torch.Tensor, ink_percentile: float = 99.0) -> torch.Tensor:
+    """Per image: subtract the background (median), divide by the ink level, clip to [0, 1]."""
+    flat = x.reshape(len(x), -1)
+    background = flat.median(dim=1).values
+    ink = torch.quantile(flat, ink_percentile / 100, dim=1)
+    scale = (ink - background).clamp_min(1e-3)
+    out = (x - background[:, None, None]) / scale[:, None, None]
+    return out.clamp_(0.0, 1.0)
+
+
+def pad_to_square(x: torch.Tensor, side: int | None = None, fill: float | None = None) -> torch.Tensor:
+    """Centre (N, H, W) in (N, side, side); pad with ``fill`` or each image's edge values."""
+    h, w = x.shape[-2:]
+    side = side or max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    pads = (left, side - w - left, top, side - h - top)
+    if fill is None:
+        return F.pad(x[:, None], pads, mode="replicate")[:, 0]
+    return F.pad(x, pads, value=fill)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) → (N, size, size), bilinear with antialiasing."""
+    if x.shape[-2:] == (size, size):
+        return x.clone()
+    out = F.interpolate(x[:, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[:, 0].clamp_(0.0, 1.0)

@@ -1,0 +1,7 @@
+"""Networks: each maps (N, 1, S, S) images to class logits."""
+
+from maist.models.cnn import DeepMnistCNN
+from maist.models.linear import LinearSoftmax
+from maist.models.modern import ModernCNN
+
+__all__ = ["DeepMnistCNN", "LinearSoftmax", "ModernCNN"]

@@ -1,0 +1,77 @@
+"""The TensorFlow "Deep MNIST for experts" network that the article trains on hiragana.
+
+conv 5×5 (32) → ReLU → pool 2 → conv 5×5 (64) → ReLU → pool 2 → fc 1024 → ReLU → dropout → fc.
+The dropout's keep probability is an attribute (``keep_prob``) that a schedule may change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def init_like_tensorflow(module: nn.Module, std: float, bias: float) -> None:
+    """Truncated normal weights (cut at 2 std, as tf.truncated_normal) and constant biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.constant_(m.bias, bias)
+
+
+class DeepMnistCNN(nn.Module):
+    def __init__(
+        self,
+        num_classes: int = 71,
+        image_size: int = 28,
+        filters: tuple[int, int] = (32, 64),
+        kernel_size: int = 5,
+        hidden: int = 1024,
+        pool: str = "max",
+        keep_prob: float = 0.5,
+        init: str = "tensorflow",
+        init_std: float = 0.1,
+        init_bias: float = 0.1,
+    ):
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"model.net.pool must be one of {tuple(POOLS)}, got {pool!r}")
+        c1, c2 = filters
+        pad = kernel_size // 2  # SAME padding for odd kernels
+        self.conv1 = nn.Conv2d(1, c1, kernel_size, padding=pad)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size, padding=pad)
+        self.pool = POOLS[pool](2, 2)
+        side = math.ceil(math.ceil(image_size / 2) / 2)  # SAME pooling: 28 → 14 → 7
+        self.fc1 = nn.Linear(c2 * side * side, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.keep_prob = keep_prob
+        if init == "tensorflow":
+            init_like_tensorflow(self, init_std, init_bias)
+        elif init != "pytorch":
+            raise ValueError(f"model.net.init must be 'tensorflow' or 'pytorch', got {init!r}")
+
+    def _pool(self, x):
+        if x.shape[-1] % 2:  # TF's SAME pooling pads odd sizes on the bottom/right
+            x = F.pad(x, (0, 1, 0, 1), value=float("-inf") if isinstance(self.pool, nn.MaxPool2d) else 0.0)
+        return self.pool(x)
+
+    def features(self, x) -> dict[str, torch.Tensor]:
+        """Every intermediate map the article draws, by name."""
+        conv1 = self.conv1(x)
+        relu1 = F.relu(conv1)
+        pool1 = self._pool(relu1)
+        conv2 = self.conv2(pool1)
+        relu2 = F.relu(conv2)
+        pool2 = self._pool(relu2)
+        return {"conv1": conv1, "relu1": relu1, "pool1": pool1, "conv2": conv2, "relu2": relu2, "pool2": pool2}
+
+    def forward(self, x):
+        x = self._pool(F.relu(self.conv1(x)))
+        x = self._pool(F.relu(self.conv2(x)))
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.dropout(x, p=1.0 - self.keep_prob, training=self.training)
+        return self.fc2(x)

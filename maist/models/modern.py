@@ -1,0 +1,29 @@
+"""A small modern CNN: 3×3 convolutions with batch norm, global average pooling."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class ModernCNN(nn.Module):
+    """Stages of ``convs_per_stage`` conv-BN-ReLU blocks, each stage but the last followed by a
+    2×2 max-pool; then global average pooling, dropout and one linear layer."""
+
+    def __init__(self, num_classes: int = 71, image_size: int = 28, channels: tuple[int, ...] = (32, 64, 128),
+                 convs_per_stage: int = 2, dropout: float = 0.1):
+        super().__init__()
+        layers, c_in = [], 1
+        for i, c in enumerate(channels):
+            layers += [conv_bn(c_in if k == 0 else c, c) for k in range(convs_per_stage)]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_classes))
+
+    def forward(self, x):
+        return self.head(self.body(x))

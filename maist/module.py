@@ -1,0 +1,128 @@
+"""One LightningModule for every model: loss, metrics, optimizer.
+
+The network, optimizer, scheduler and augmentation arrive as Hydra configs (dicts with
+``_target_``) and are saved in the checkpoint with the class list and the preprocessing,
+so ``MaistModule.load_from_checkpoint(path)`` rebuilds a model with nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import Container, OmegaConf
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+log = logging.getLogger(__name__)
+
+REDUCTIONS = ("sum", "mean")
+
+
+def _plain(cfg):
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, Container) else cfg
+
+
+class MaistModule(L.LightningModule):
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        augment: dict | None = None,
+        loss_reduction: str = "sum",
+        label_smoothing: float = 0.0,
+        classes: list[str] | None = None,
+        class_set: str = "hiragana71",
+        preprocess: dict | None = None,
+    ):
+        super().__init__()
+        if loss_reduction not in REDUCTIONS:
+            raise ValueError(f"model.loss_reduction must be one of {REDUCTIONS}, got {loss_reduction!r}")
+        self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
+        self.classes = list(classes or [])
+        self.net = instantiate(self.hparams.net)
+        self.augment = instantiate(self.hparams.augment) if augment else None
+        n = self.hparams.net.get("num_classes", len(self.classes))
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_acc = MulticlassAccuracy(n, average="micro")
+        self.test_acc = MulticlassAccuracy(n, average="micro")
+        self.test_acc_top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro")
+        self.test_acc_per_class = MulticlassAccuracy(n, average=None)
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.nonfinite_step: int | None = None  # set when a loss was not finite (the step is skipped)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def loss(self, logits, y):
+        return F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction,
+                               label_smoothing=self.hparams.label_smoothing)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.augment is not None:
+            x = self.augment(x)
+        logits = self(x)
+        loss = self.loss(logits, y)
+        if not torch.isfinite(loss):
+            self.nonfinite_step = self.global_step
+            return None  # Lightning skips the optimizer step: the weights stay finite
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=False, prog_bar=True)
+        if hasattr(self.net, "keep_prob"):
+            self.log("train/keep_prob", float(self.net.keep_prob), on_step=True, on_epoch=False)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch, loss_metric, acc_metric):
+        x, y = batch
+        logits = self(x)
+        # Per-example mean, so val/test losses compare across batch sizes and reductions.
+        loss_metric.update(F.cross_entropy(logits, y, reduction="mean"), weight=len(y))
+        acc_metric.update(logits, y)
+        return logits
+
+    def on_validation_epoch_start(self):
+        self.val_loss.reset()
+        self.val_acc.reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_loss, self.val_acc)
+
+    def on_validation_epoch_end(self):
+        acc = self.val_acc.compute()
+        self.val_acc_best(acc)
+        self.log("val/loss", self.val_loss.compute())
+        self.log("val/acc", acc, prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        logits = self._eval_step(batch, self.test_loss, self.test_acc)
+        self.test_acc_top5.update(logits, batch[1])
+        self.test_acc_per_class.update(logits, batch[1])
+
+    def on_test_epoch_end(self):
+        self.log("test/loss", self.test_loss.compute())
+        self.log("test/acc", self.test_acc.compute())
+        self.log("test/acc_top5", self.test_acc_top5.compute())
+        per_class = self.test_acc_per_class.compute()
+        self.per_class_accuracy = {c: float(a) for c, a in zip(self.classes, per_class)}
+        for c, a in self.per_class_accuracy.items():
+            self.log(f"test/acc_class/{c}", a)
+
+    # ------------------------------------------------------------------ optimizers
+    def configure_optimizers(self):
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        cfg = dict(self.hparams.scheduler)
+        interval = cfg.pop("interval", "step")
+        scheduler = instantiate(cfg, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

@@ -1,0 +1,127 @@
+"""maist.data.kana: characters, JIS codes and class sets; labels come from JIS codes."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+import pytest
+
+from maist.data.dataset import EtlHiragana
+from maist.data.kana import (
+    CLASS_SET_NAMES,
+    ETL8G_SMALL,
+    HIRAGANA71,
+    SMALL_TO_LARGE,
+    char_to_jis,
+    class_set,
+    jis_to_char,
+)
+from maist.data.preprocess import Preprocess
+
+# The article's 71 classes, as docs/etl-format.md lists them.
+ARTICLE71 = ("あいうえおかがきぎくぐけげこごさざしじすずせぜそぞただちぢつづてでとど"
+             "なにぬねのはばぱひびぴふぶぷへべぺほぼぽまみむめもやゆよらりるれろわをん")
+TINY = Preprocess(image_size=8)
+
+
+def test_known_codes():
+    assert char_to_jis("あ") == 0x2422
+    assert char_to_jis("ん") == 0x2473
+    assert char_to_jis("ぁ") == 0x2421
+    assert char_to_jis("ゃ") == 0x2463 and char_to_jis("や") == 0x2464
+    assert jis_to_char(0x2422) == "あ" and jis_to_char(0x2473) == "ん"
+    assert jis_to_char(0x3021) == "亜"  # kanji go through EUC-JP
+    assert jis_to_char(0x7F7F) == "<JIS 0x7f7f>"  # no character: a readable placeholder
+
+
+def test_every_row4_code_round_trips_and_matches_euc_jp():
+    for code in range(0x2421, 0x2474):
+        char = jis_to_char(code)
+        assert char == chr(0x3041 + code - 0x2421)
+        assert char == bytes([(code >> 8) | 0x80, (code & 0xFF) | 0x80]).decode("euc_jp")
+        assert char_to_jis(char) == code
+
+
+def test_char_to_jis_rejects_one_byte_characters():
+    with pytest.raises(ValueError):
+        char_to_jis("a")
+
+
+def test_class_set_sizes():
+    assert CLASS_SET_NAMES == ("hiragana71", "hiragana75", "hiragana71_merged")
+    h71, h75, merged = (class_set(n) for n in CLASS_SET_NAMES)
+    assert h71.num_classes == 71 and len(h71.jis_to_label) == 71
+    assert h75.num_classes == 75 and len(h75.jis_to_label) == 75
+    assert merged.num_classes == 71
+    assert len(merged.jis_to_label) == 71 + len(SMALL_TO_LARGE)
+    assert sorted(set(merged.jis_to_label.values())) == list(range(71))
+
+
+def test_hiragana71_is_the_articles_set_in_jis_order():
+    h71 = class_set("hiragana71")
+    assert "".join(h71.classes) == ARTICLE71 == HIRAGANA71
+    codes = [char_to_jis(c) for c in h71.classes]
+    assert codes == sorted(codes)
+    assert h71.jis_to_label == {c: i for i, c in enumerate(codes)}
+    assert not set(h71.classes) & set(SMALL_TO_LARGE)  # no small kana
+    voiced = [c for c in h71.classes if len(unicodedata.normalize("NFD", c)) == 2]
+    assert len(voiced) == 25  # 20 with dakuten + 5 with handakuten
+
+
+def test_hiragana75_adds_the_etl8g_small_kana():
+    h75 = class_set("hiragana75")
+    assert set(h75.classes) == set(HIRAGANA71) | set("っゃゅょ") == set(HIRAGANA71 + ETL8G_SMALL)
+    codes = [char_to_jis(c) for c in h75.classes]
+    assert codes == sorted(codes)
+    # Every 75-class label is distinct, and small っ sits just before つ.
+    assert h75.label_of("っ") + 1 == h75.label_of("つ")
+
+
+def test_merged_maps_small_kana_onto_large():
+    merged = class_set("hiragana71_merged")
+    assert merged.classes == class_set("hiragana71").classes
+    assert merged.jis_to_label[0x2463] == merged.label_of("や")  # ゃ → や
+    assert merged.jis_to_label[char_to_jis("っ")] == merged.label_of("つ")
+    for small, large in SMALL_TO_LARGE.items():
+        assert merged.label_of(small) == merged.label_of(large)
+        assert merged.classes[merged.label_of(small)] == large
+
+
+def test_unknown_class_set():
+    with pytest.raises(ValueError) as err:
+        class_set("katakana46")
+    assert "katakana46" in str(err.value) and "hiragana71" in str(err.value)
+
+
+def test_dataset_rejects_unknown_class_set(tmp_path, make_records):
+    make_records(tmp_path / "etl", jis=[0x2422], sheet=1)
+    with pytest.raises(ValueError, match="hiragana70"):
+        EtlHiragana(tmp_path / "etl", class_set="hiragana70", preprocess=TINY, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_labels_come_from_jis_codes_not_readings(tmp_path, make_records):
+    chars = "あかんゃ"
+    jis = [char_to_jis(c) for c in chars]
+    # Every reading names another character: a loader labelling by reading would get them wrong.
+    lies = [b"KA.HIRA ", b"A.HIRA  ", b"YA.HIRA ", b"N.HIRA  "]
+    make_records(tmp_path / "etl", jis=jis, sheet=1, reading=lies)
+    h71 = EtlHiragana(tmp_path / "etl", "hiragana71", TINY, cache_dir=tmp_path / "c")
+    assert [h71.classes[t] for t in h71.targets.tolist()] == list("あかん")  # ゃ skipped
+    assert h71.skipped == 1
+    h75 = EtlHiragana(tmp_path / "etl", "hiragana75", TINY, cache_dir=tmp_path / "c")
+    assert [h75.classes[t] for t in h75.targets.tolist()] == list("あかんゃ")
+    merged = EtlHiragana(tmp_path / "etl", "hiragana71_merged", TINY, cache_dir=tmp_path / "c")
+    assert [merged.classes[t] for t in merged.targets.tolist()] == list("あかんや")
+    assert merged.targets[3] == class_set("hiragana71_merged").label_of("や")
+    assert merged.skipped == 0
+
+
+def test_labels_of_every_class(tmp_path, make_records):
+    chars = HIRAGANA71 + ETL8G_SMALL
+    make_records(tmp_path / "etl", jis=[char_to_jis(c) for c in chars], sheet=7,
+                 images=np.zeros((len(chars), 127, 128), np.uint8))
+    ds = EtlHiragana(tmp_path / "etl", "hiragana75", TINY, cache_dir=tmp_path / "c")
+    assert [ds.classes[t] for t in ds.targets.tolist()] == list(chars)
+    assert ds.class_counts() == {c: 1 for c in class_set("hiragana75").classes}
