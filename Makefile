@@ -1,0 +1,31 @@
+# MAIST. `make train` and `make test` set everything up on a machine with only Python.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: install train test bench tensorboard clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Train the article's CNN on the generated sample shipped in the package (a few minutes on 2 cores).
+train: install
+	$(PY) train.py experiment=sample $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+bench: install
+	$(PY) -m benchmarks.bench_decode $(ARGS)
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir outputs
+
+clean:
+	rm -rf $(VENV) .pytest_cache
