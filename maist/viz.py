@@ -74,16 +74,16 @@ def _as_stack(maps) -> np.ndarray:
     raise ValueError(f"expected maps shaped (K, H, W), (K, 1, H, W) or (1, K, H, W), got {tuple(x.shape)}")
 
 
-def save_png(array, path) -> Path:
+def save_png(array, path, compress_level: int = 6) -> Path:
     """Write a uint8 (H, W) or (H, W, 3) array as a PNG, atomically (temp file + rename);
-    creates the parent folders. Returns the path."""
+    creates the parent folders. Returns the path. ``compress_level`` 1 is ~2× faster, ~10% larger."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(np.ascontiguousarray(np.asarray(array, dtype=np.uint8)))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
+            img.save(f, format="PNG", compress_level=compress_level)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -167,7 +167,7 @@ def tile_grid(maps, ncols: int | None = None, pad: int = 1, scale: int | None = 
     return _assemble(_normalize(x, normalize), ncols, pad, scale, min_size, pad_value)
 
 
-def filter_grid(weight, ncols: int | None = None, pad: int = 2, scale: int | None = None,
+def filter_grid(weight, ncols: int | None = None, pad: int = 4, scale: int | None = None,
                 normalize="each", min_size: int = 40, pad_value: int = 255) -> np.ndarray:
     """Convolution weights (C, 1, k, k) → grey grid with a diverging scale: 0 is mid grey (128),
     positive weights lighter, negative darker, so the sign of each weight shows.

@@ -20,7 +20,7 @@ from maist.data.etl import (
 )
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set, jis_to_char
 
-from conftest import blob_images, etl_dev_set
+from conftest import etl_dev_set
 
 # The published layout (docs/etl-format.md), used here independently of maist's dtype.
 STRUCT_FORMAT = ">2H8sI4B4H2B30x8128s11x"
@@ -420,3 +420,18 @@ def test_etl_dev_sets_are_all_hiragana71(etl_dev):
         root = etl_dev_set(etl_dev, name)
         assert [s.path.name for s in list_sources(root)] == ["ETL8G_01", "ETL8G_02"]
         assert [p.stat().st_size for p in sorted(root.glob("ETL8G_*"))] == [n // 2 * RECORD_SIZE] * 2
+
+
+def test_decoding_agrees_with_pils_4_bit_decoder(tmp_path):
+    """The decoder most published ETL loaders use, record by record: struct + PIL 'bit' 4."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 16, size=(6, H, W), dtype=np.uint8)
+    write_etl8g(tmp_path / "ETL8G_01", images, [A, I, U, KA, *KANJI[:2]], range(300, 306))
+    raw = (tmp_path / "ETL8G_01").read_bytes()
+    recs = read_etl8g(tmp_path)
+    for k in range(6):
+        fields = struct.unpack(STRUCT_FORMAT, raw[k * RECORD_SIZE : (k + 1) * RECORD_SIZE])
+        pil = np.asarray(Image.frombytes("F", (W, H), fields[14], "bit", 4))
+        np.testing.assert_array_equal(recs.images[k], pil)
+        assert (recs.sheet[k], recs.jis[k], recs.serial[k]) == (fields[0], fields[1], fields[3])

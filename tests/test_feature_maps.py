@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -18,6 +17,13 @@ from maist.callbacks.feature_maps import FeatureMapFigures
 from maist.models import DeepMnistCNN, LinearSoftmax
 
 MAPS = ("input", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    """One small CNN for the tests that only draw (the class count does not matter to them)."""
+    torch.manual_seed(0)
+    return DeepMnistCNN(num_classes=3, hidden=16, init="pytorch")
 
 
 def make_part(labels, size=28, seed=0):
@@ -44,13 +50,13 @@ def fake_trainer(tmp_path, classes, labels, split="val", step=0):
 
 
 # ---------------------------------------------------------------- sample choice and output
-def test_picks_first_example_of_each_char_and_skips_missing(tmp_path, caplog):
+def test_picks_first_example_of_each_char_and_skips_missing(tmp_path, caplog, cnn):
     classes = ["あ", "い", "ぬ", "ね"]
     labels = [1, 2, 0, 2, 0, 1]
     trainer, rec = fake_trainer(tmp_path, classes, labels)
     cb = FeatureMapFigures(chars=("ぬ", "あ", "ば"), dirpath=str(tmp_path / "fig"))
     with caplog.at_level(logging.INFO, logger="maist.callbacks.feature_maps"):
-        cb.draw(trainer, SimpleNamespace(net=DeepMnistCNN(num_classes=4, hidden=16)))
+        cb.draw(trainer, SimpleNamespace(net=cnn))
     assert [n for n, _ in cb.samples] == ["ぬ", "あ"]
     part = trainer.datamodule.val_set
     assert torch.equal(cb.samples[0][1][0], part.data[1]) and torch.equal(cb.samples[1][1][0], part.data[2])
@@ -67,18 +73,18 @@ def test_picks_first_example_of_each_char_and_skips_missing(tmp_path, caplog):
     assert png.shape == (4 * 56 + 3, 8 * 56 + 7)
 
 
-def test_char_present_in_classes_but_absent_from_data_is_skipped(tmp_path):
+def test_char_present_in_classes_but_absent_from_data_is_skipped(tmp_path, cnn):
     trainer, _ = fake_trainer(tmp_path, ["あ", "ば", "ぬ"], [0, 2, 2], split="test")
     cb = FeatureMapFigures(split="test", dirpath=str(tmp_path))
-    cb.draw(trainer, SimpleNamespace(net=DeepMnistCNN(num_classes=3, hidden=16)))
+    cb.draw(trainer, SimpleNamespace(net=cnn))
     assert [n for n, _ in cb.samples] == ["あ", "ぬ"]
 
 
-def test_falls_back_to_first_five_classes(tmp_path):
+def test_falls_back_to_first_five_classes(tmp_path, cnn):
     classes = ["か", "き", "く", "け", "こ", "さ", "し"]
     trainer, _ = fake_trainer(tmp_path, classes, [6, 5, 4, 3, 2, 1, 0, 6])
     cb = FeatureMapFigures()  # default chars: none of them here
-    cb.draw(trainer, SimpleNamespace(net=DeepMnistCNN(num_classes=7, hidden=16)))
+    cb.draw(trainer, SimpleNamespace(net=cnn))
     assert [n for n, _ in cb.samples] == ["か", "き", "く", "け", "こ"]
     assert torch.equal(cb.samples[0][1][0], trainer.datamodule.val_set.data[6])
     assert (tmp_path / "figures" / "step000000" / "こ_conv1.png").is_file()  # default dirpath
@@ -95,7 +101,7 @@ def test_no_datamodule_still_draws_the_network(tmp_path):
 
 def test_restores_train_mode_and_draws_once_per_step(tmp_path):
     trainer, rec = fake_trainer(tmp_path, ["あ"], [0])
-    net = DeepMnistCNN(num_classes=1, hidden=16)
+    net = DeepMnistCNN(num_classes=1, hidden=16, init="pytorch")
     net.train()
     net.conv2.eval()  # a submodule deliberately in eval mode stays so
     module = SimpleNamespace(net=net)

@@ -92,7 +92,7 @@ def test_filter_grid_diverging_scale():
 
 
 def test_filter_grid_enlarges_and_handles_input_channels():
-    assert viz.filter_grid(torch.zeros(32, 1, 5, 5), pad=2).shape == (4 * 40 + 3 * 2, 8 * 40 + 7 * 2)
+    assert viz.filter_grid(torch.zeros(32, 1, 5, 5)).shape == (4 * 40 + 3 * 4, 8 * 40 + 7 * 4)
     # (C_out, C_in, k, k): one row per output filter
     assert viz.filter_grid(torch.randn(3, 2, 3, 3), pad=0, scale=1).shape == (9, 6)
 
@@ -100,7 +100,7 @@ def test_filter_grid_enlarges_and_handles_input_channels():
 # ---------------------------------------------------------------- feature_figures
 def test_feature_figures_deep_mnist_grid_dimensions():
     torch.manual_seed(0)
-    net = DeepMnistCNN(num_classes=5, hidden=16).eval()
+    net = DeepMnistCNN(num_classes=5, hidden=16, init="pytorch").eval()
     img = torch.zeros(1, 1, 28, 28)
     img[0, 0, 6:22, 12:16] = 1.0
     figs = viz.feature_figures(net, img, min_size=28)
@@ -114,7 +114,7 @@ def test_feature_figures_deep_mnist_grid_dimensions():
     # 64 maps of 7×7, enlarged ×4: 8 × 8 tiles of 28 px
     for name in ("conv2", "relu2", "pool2"):
         assert figs[name].shape == (8 * 28 + 7, 8 * 28 + 7), name
-    assert figs["filters"].shape == (4 * 40 + 3 * 2, 8 * 40 + 7 * 2)
+    assert figs["filters"].shape == (4 * 40 + 3 * 4, 8 * 40 + 7 * 4)
     # pool1 is a 2× max-pool of relu1: tile 0 of pool1 is relu1's tile 0 pooled
     maps = net.features(img)
     expected = viz.tile_grid(maps["pool1"][0, :1], scale=2, pad=0)
@@ -122,7 +122,7 @@ def test_feature_figures_deep_mnist_grid_dimensions():
 
 
 def test_feature_figures_default_size_and_no_grad():
-    net = DeepMnistCNN(num_classes=3, hidden=16)
+    net = DeepMnistCNN(num_classes=3, hidden=16, init="pytorch")
     figs = viz.feature_figures(net, torch.rand(28, 28))
     assert figs["pool2"].shape == (8 * 56 + 7, 8 * 56 + 7)  # 7×7 → ×8 by default
     assert all(p.grad is None for p in net.parameters())
@@ -132,12 +132,12 @@ def test_feature_figures_linear_model_templates():
     net = LinearSoftmax(num_classes=4, image_size=8, zero_init=True)
     figs = viz.feature_figures(net, torch.rand(1, 1, 8, 8), min_size=8)
     assert set(figs) == {"input", "weights"}
-    assert figs["weights"].shape == (8 + 2 + 8, 8 + 2 + 8)  # 4 templates: 2 × 2
+    assert figs["weights"].shape == (8 + 4 + 8, 8 + 4 + 8)  # 4 templates: 2 × 2
     assert (figs["weights"][:8, :8] == 128).all()  # zero init: mid grey
     with torch.no_grad():
         net.fc.weight[2, 0] = 1.0  # class 2, pixel (0, 0)
     figs = viz.feature_figures(net, torch.rand(1, 1, 8, 8), min_size=8)
-    assert figs["weights"][10, 0] == 255
+    assert figs["weights"][12, 0] == 255
 
 
 def test_feature_figures_plain_model_gives_input_only():

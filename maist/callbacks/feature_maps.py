@@ -122,7 +122,7 @@ class FeatureMapFigures(L.Callback):
         for tag, (arr, fname) in images.items():
             for exp in experiments:
                 exp.add_image(tag, arr, step, dataformats="HW" if arr.ndim == 2 else "HWC")
-            save_png(arr, folder / fname)
+            save_png(arr, folder / fname, compress_level=1)
         for exp in experiments:
             if hasattr(exp, "flush"):
                 exp.flush()

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def default_cache_dir() -> Path:
 
 def source_fingerprint(root: str | os.PathLike) -> list[list]:
     """(name, size, mtime) of every file that ``root`` reads from."""
-    files = {src.path for src in list_sources(root)}
+    files = {src.path for src in list_sources(root)}  # a zip counts once, as the whole file
     out = []
     for path in sorted(files):
         st = path.stat()
@@ -59,7 +60,7 @@ def cached_arrays(
     """
     if cache_dir is False:
         return compute()
-    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    folder = default_cache_dir() if cache_dir in (None, True, "") else Path(cache_dir).expanduser()
     path = folder / f"{cache_key(root, params)}.npz"
     if path.exists():
         try:
@@ -67,7 +68,7 @@ def cached_arrays(
                 arrays = {k: npz[k] for k in npz.files}
             log.info("loaded preprocessed data from cache %s", path)
             return arrays
-        except (OSError, ValueError, EOFError) as err:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
             log.warning("ignoring unreadable cache file %s (%s); recomputing", path, err)
     arrays = compute()
     buf = io.BytesIO()

@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,16 +79,26 @@ class Source:
 
     path: Path
     member: str | None = None
+    size: int = 0  # bytes
 
     @property
     def name(self) -> str:
         return f"{self.path}!{self.member}" if self.member else str(self.path)
 
-    def read_bytes(self) -> bytes:
+    def read_into(self, buf: bytearray) -> memoryview:
+        """Read the whole file into the start of ``buf`` (reused across files)."""
+        view = memoryview(buf)[: self.size]
         if self.member is None:
-            return self.path.read_bytes()
-        with zipfile.ZipFile(self.path) as zf:
-            return zf.read(self.member)
+            with open(self.path, "rb") as f:
+                got = f.readinto(view)
+        else:
+            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+                got = 0
+                while got < self.size and (n := f.readinto(view[got:])):
+                    got += n
+        if got != self.size:
+            raise OSError(f"read {got:,} of {self.size:,} bytes")
+        return view
 
 
 def _is_zip(path: Path) -> bool:
@@ -99,7 +109,8 @@ def list_sources(path: str | os.PathLike) -> list[Source]:
     """The ETL8G files that ``path`` names, in name order.
 
     ``path`` may be one record file (any name), a folder (its ``ETL8G_nn`` files, searched
-    recursively) or a zip (its ``ETL8G_nn`` members).
+    recursively) or a zip (its ``ETL8G_nn`` members). Only the directory or the zip's index is
+    read here; a member that fails its CRC check is reported when it is read.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -117,73 +128,59 @@ def list_sources(path: str | os.PathLike) -> list[Source]:
                 f"{path}: no ETL8G_nn files in this folder. Point data.root at the folder "
                 "unpacked from ETL8G.zip (it holds ETL8G_01 … ETL8G_33), or at the zip itself."
             )
-        return [Source(p) for p in files]
+        return [Source(p, size=p.stat().st_size) for p in files]
     if _is_zip(path):
         try:
             with zipfile.ZipFile(path) as zf:
                 members = [
-                    i.filename
-                    for i in zf.infolist()
+                    i for i in zf.infolist()
                     if not i.is_dir() and FILE_NAME.fullmatch(i.filename.rsplit("/", 1)[-1])
                 ]
-                bad = zf.testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as err:
             raise EtlFormatError(
                 f"{path}: not a readable zip ({err}). The download is probably incomplete: "
                 "download ETL8G.zip again, or unpack it and point data.root at the folder."
             ) from err
-        if bad is not None:
-            raise EtlFormatError(
-                f"{path}: member {bad} fails its CRC check; the zip is corrupt. "
-                "Download ETL8G.zip again."
-            )
         if not members:
             raise EtlFormatError(
                 f"{path}: this zip holds no ETL8G_nn files. Is it ETL8G.zip from AIST?"
             )
-        members.sort(key=lambda m: (m.rsplit("/", 1)[-1], m))
-        return [Source(path, m) for m in members]
-    return [Source(path)]
+        members.sort(key=lambda i: (i.filename.rsplit("/", 1)[-1], i.filename))
+        return [Source(path, i.filename, i.file_size) for i in members]
+    return [Source(path, size=path.stat().st_size)]
 
 
 # ---------------------------------------------------------------- decoding
 
 
-def unpack_images(packed: np.ndarray) -> np.ndarray:
-    """(N, 8128) packed bytes → (N, 127, 128) uint8 levels, high nibble first."""
-    out = np.empty((packed.shape[0], _PACKED, 2), dtype=np.uint8)
-    np.right_shift(packed, 4, out=out[..., 0])
-    np.bitwise_and(packed, 0x0F, out=out[..., 1])
-    return out.reshape(-1, IMAGE_HEIGHT, IMAGE_WIDTH)
+def unpack_images(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, 8128) packed bytes → (N, 127, 128) uint8 levels, high nibble first (into ``out``)."""
+    n = packed.shape[0]
+    if out is None:
+        out = np.empty((n, IMAGE_HEIGHT, IMAGE_WIDTH), dtype=np.uint8)
+    pairs = out.reshape(n, _PACKED, 2)
+    np.right_shift(packed, 4, out=pairs[..., 0])
+    np.bitwise_and(packed, 0x0F, out=pairs[..., 1])
+    return out
 
 
-def parse_records(raw: bytes, name: str = "<bytes>") -> np.ndarray:
-    """View raw bytes as a structured array of records, or say why not."""
-    if len(raw) == 0:
+def check_size(size: int, name: str) -> int:
+    """The number of records in a file of ``size`` bytes, or an error saying what is wrong."""
+    if size == 0:
         raise EtlFormatError(f"{name}: the file is empty. Download ETL8G again.")
-    if len(raw) % RECORD_SIZE:
-        whole, extra = divmod(len(raw), RECORD_SIZE)
+    whole, extra = divmod(size, RECORD_SIZE)
+    if extra:
         raise EtlFormatError(
-            f"{name}: {len(raw):,} bytes is not a whole number of {RECORD_SIZE:,}-byte ETL8G "
+            f"{name}: {size:,} bytes is not a whole number of {RECORD_SIZE:,}-byte ETL8G "
             f"records ({whole:,} records and {extra:,} bytes over). The file looks truncated "
             "or is not an ETL8G file: download ETL8G.zip again and re-extract it."
         )
-    return np.frombuffer(raw, dtype=RECORD_DTYPE)
+    return whole
 
 
-def _iter_parts(sources: list[Source], keep: np.ndarray | None) -> Iterator[tuple]:
-    for source in sources:
-        try:
-            raw = source.read_bytes()
-        except (OSError, zipfile.BadZipFile) as err:
-            raise EtlFormatError(
-                f"{source.name}: cannot be read ({err}). Check the file, or download ETL8G again."
-            ) from err
-        recs = parse_records(raw, source.name)
-        jis = recs["jis"].astype(np.int32)
-        mask = np.isin(jis, keep) if keep is not None else slice(None)
-        chosen = recs[mask]
-        yield source.name, chosen, len(recs) - len(chosen)
+def parse_records(raw, name: str = "<bytes>") -> np.ndarray:
+    """View raw bytes as a structured array of records, or say why not."""
+    return np.frombuffer(raw, dtype=RECORD_DTYPE, count=check_size(len(raw), name))
 
 
 def read_etl8g(path: str | os.PathLike, jis: Collection[int] | None = None) -> EtlRecords:
@@ -191,23 +188,42 @@ def read_etl8g(path: str | os.PathLike, jis: Collection[int] | None = None) -> E
 
     With ``jis`` given, only records of those JIS codes are kept (and only their images
     are unpacked); the others are counted in ``skipped``. Without it nothing is filtered.
+    Each file is read once into one reused buffer; images are unpacked straight into the
+    output array.
     """
     sources = list_sources(path)
+    counts = [check_size(src.size, src.name) for src in sources]
     keep = None if jis is None else np.fromiter(jis, dtype=np.int32)
-    images, codes, sheets, serials, names, skipped = [], [], [], [], [], 0
-    for name, recs, n_skipped in _iter_parts(sources, keep):
-        images.append(unpack_images(recs["image"]))
+    buf = bytearray(max(src.size for src in sources))
+    total = sum(counts)
+    # Without a filter the output size is known: one allocation, no concatenation.
+    images = np.empty((total, IMAGE_HEIGHT, IMAGE_WIDTH), np.uint8) if keep is None else []
+    codes, sheets, serials, skipped, pos = [], [], [], 0, 0
+    for src, n in zip(sources, counts):
+        try:
+            recs = np.frombuffer(src.read_into(buf), dtype=RECORD_DTYPE, count=n)
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise EtlFormatError(
+                f"{src.name}: cannot be read ({err}). The file is damaged or incomplete: "
+                "download ETL8G.zip again."
+            ) from err
+        if keep is not None:
+            recs = recs[np.isin(recs["jis"], keep)]  # a copy: only the kept records
+            skipped += n - len(recs)
+            images.append(unpack_images(recs["image"]))
+        else:
+            unpack_images(recs["image"], images[pos : pos + n])
+            pos += n
+        # Copies, since the buffer is reused for the next file.
         codes.append(recs["jis"].astype(np.int32))
         sheets.append(recs["sheet"].astype(np.int32))
         serials.append(recs["serial"].astype(np.int64))
-        names.append(name)
-        skipped += n_skipped
     return EtlRecords(
-        images=np.concatenate(images),
+        images=images if keep is None else np.concatenate(images),
         jis=np.concatenate(codes),
         sheet=np.concatenate(sheets),
         serial=np.concatenate(serials),
-        files=tuple(names),
+        files=tuple(src.name for src in sources),
         skipped=skipped,
     )
 

@@ -17,7 +17,8 @@ def split_by_writer(writers: np.ndarray, fractions: tuple[float, ...], seed: int
     unique = np.unique(writers)
     rng = np.random.default_rng(seed)
     order = rng.permutation(unique)
-    sizes = _counts(len(unique), fractions)
+    # every part asked for gets at least one writer
+    sizes = [max(1, c) if f > 0 else 0 for c, f in zip(_counts(len(unique), fractions), fractions)]
     if sum(sizes) >= len(unique):
         raise ValueError(f"{len(unique)} writers are too few to split into fractions {fractions}")
     groups, start = [], len(unique) - sum(sizes)
