@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install train test bench tensorboard clean
+.PHONY: install train test bench serve tensorboard clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,15 @@ train: install
 test: install
 	$(PY) -m pytest $(ARGS)
 
+# Benchmarks print ratios measured side by side in one run (not tests).
 bench: install
 	$(PY) -m benchmarks.bench_decode $(ARGS)
+	$(PY) -m benchmarks.lightning_overhead
+	$(PY) -m benchmarks.bench_export
+
+# The drawing page for a trained model: make serve ARGS="ckpt_path=outputs/…/checkpoints/best.ckpt"
+serve: install
+	$(PY) -m maist.serve $(ARGS)
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -1,8 +1,8 @@
 """One LightningModule for every model: loss, metrics, optimizer.
 
 The network, optimizer, scheduler and augmentation arrive as Hydra configs (dicts with
-``_target_``) and are saved in the checkpoint with the class list and the preprocessing,
-so ``MaistModule.load_from_checkpoint(path)`` rebuilds a model with nothing else.
+``_target_``) and are saved in the checkpoint with the class list, the preprocessing and the
+training images' ink-to-frame ratio (how prediction frames a user's picture), so ``MaistModule.load_from_checkpoint(path)`` rebuilds a model with nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class MaistModule(L.LightningModule):
         classes: list[str] | None = None,
         class_set: str = "hiragana71",
         preprocess: dict | None = None,
+        ink_ratio: float | None = None,
     ):
         super().__init__()
         if loss_reduction not in REDUCTIONS:

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from maist.data.etl import write_atomic
 from maist.module import MaistModule
@@ -51,7 +51,8 @@ def _align_data_with_checkpoint(cfg: DictConfig) -> None:
 
 def build_module(cfg: DictConfig, datamodule) -> MaistModule:
     return instantiate(cfg.model, classes=datamodule.classes, class_set=datamodule.hparams.class_set,
-                       preprocess=datamodule.preprocess.as_dict(), _recursive_=False)
+                       preprocess=datamodule.preprocess.as_dict(), ink_ratio=datamodule.ink_ratio,
+                       _recursive_=False)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -420,6 +420,8 @@ def test_etl_dev_sets_are_all_hiragana71(etl_dev):
         root = etl_dev_set(etl_dev, name)
         assert [s.path.name for s in list_sources(root)] == ["ETL8G_01", "ETL8G_02"]
         assert [p.stat().st_size for p in sorted(root.glob("ETL8G_*"))] == [n // 2 * RECORD_SIZE] * 2
+        recs = read_etl8g(root, jis=codes)
+        assert (len(recs), recs.skipped) == (n, 0)
 
 
 def test_decoding_agrees_with_pils_4_bit_decoder(tmp_path):

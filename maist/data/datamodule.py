@@ -111,6 +111,7 @@ class MaistDataModule(L.LightningDataModule):
         self.test_set = Part.of(self._load(h.test_root)) if h.test_root else Part.of(full, parts[2])
         for name in ("train", "val", "test"):
             log.info("%s: %s", name, getattr(self, f"{name}_set").describe())
+        self.ink_ratio = self.train_set.ink_ratio()
 
     @property
     def num_classes(self) -> int:
@@ -159,6 +160,21 @@ class Part:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def ink_ratio(self, level: float = 0.3) -> float:
+        """Median over images of the ink's bounding box (its longer side) over the frame side:
+        how much of the frame a character fills. Prediction frames user pictures the same way."""
+        ink = self.data[:, 0] > level
+        size = ink.shape[-1]
+
+        def extent(mask):  # (N, S) → length of the span of True, 0 where none
+            first = mask.float().argmax(1)
+            last = size - 1 - mask.flip(1).float().argmax(1)
+            return torch.where(mask.any(1), last - first + 1, 0)
+
+        side = torch.maximum(extent(ink.any(2)), extent(ink.any(1))).float() / size
+        side = side[side > 0]
+        return float(side.median()) if len(side) else 1.0
 
     def describe(self) -> str:
         return (f"{len(self):,} images, {len(torch.unique(self.writers))} writers, "

@@ -1,0 +1,288 @@
+"""User pictures → the network's input: the image side of prediction, the web page and export checks.
+
+A user's picture is not an ETL scan: dark ink on light paper (or a canvas), any size, off-centre,
+maybe photographed under uneven light. :func:`normalize_ink` turns it into what an ETL8G record
+looks like *before* the training preprocessing, in explicit steps:
+
+1. grey, in [0, 1] (:func:`load_image`: EXIF rotation applied, transparency laid on white paper);
+2. ink bright: inverted when the background (the median of a border strip) is the light side;
+3. background removed: a smooth estimate of the paper (a grey opening of a small copy, so
+   strokes drop out and uneven light stays) is subtracted, then ink stretched to 1;
+4. noise: a 3×3 mean, then everything below half the Otsu threshold is set to paper;
+5. specks removed (blobs with under 1 % of the ink, or under 5 % and away from the rest), then
+   cropped to the ink (a bounding box that ignores the outermost 0.3 % of ink mass per side);
+6. padded to a square frame around the ink's centre, the ink's longer side taking
+   :data:`INK_FRAME_RATIO` of the frame, as in ETL8G-like training data, and resized to the
+   ETL frame size (:data:`FRAME_SIZE`).
+
+:func:`to_model_input` then applies the checkpoint's own :class:`~maist.data.preprocess.Preprocess`
+(built from the ``preprocess`` dict saved in the checkpoint: contrast, threshold, crop, margin,
+image_size), the very object training used, so training and prediction cannot drift.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from maist.data.preprocess import Preprocess
+
+__all__ = [
+    "INK_FRAME_RATIO", "FRAME_SIZE", "IMAGE_SUFFIXES", "ImageError", "NoInkError",
+    "load_image", "decode_image", "normalize_ink", "to_model_input", "list_images",
+]
+
+# Longer side of the ink's bounding box / side of the frame, in the data the models learn from.
+# Measured (median over 1,500 records, ink = stretched level > 0.3, 0.5–99.5 % extent):
+#   generated sample (ETL8G-like):          0.54 (10–90 %: 0.46–0.62)
+#   etl-dev ETL4C (grey scans, like ETL8G):  0.64 (median; faint cell frames widen some boxes)
+#   etl-dev ETL8B2 (size-normalised):       0.96 (10–90 %: 0.83–0.98)
+# ETL8G itself writes characters of ~60–80 px in a 128-px frame, like the sample and ETL4C:
+# 0.58 sits between them. For a model trained on size-normalised data (ETL8B2) pass ~0.95.
+INK_FRAME_RATIO = 0.58
+FRAME_SIZE = 128  # an ETL8G frame is 128 × 127: the square handed to Preprocess
+WORK_MAX_SIDE = 1024  # larger pictures are shrunk to this before the analysis
+BORDER_FRACTION = 0.05  # width of the border strip that tells the background's shade
+MIN_INK_CONTRAST = 0.08  # ink must differ from the paper by this much (of full scale)
+MIN_INK_FRACTION = 2e-4  # and cover at least this fraction of the picture
+BBOX_TRIM = 0.003  # fraction of ink mass ignored on each side of the bounding box
+SPECK_FRACTION = 0.01  # blobs with less of the ink than this are dust (a dakuten dot has ≥ 3 %)
+BODY_FRACTION = 0.05  # blobs with at least this much of the ink make the character's body …
+NEAR_FRACTION = 0.15  # … and smaller blobs further than this (of its size) from it are dust
+MAX_PIXELS = 64_000_000  # refuse larger pictures (decompression bombs)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+class ImageError(ValueError):
+    """A picture that cannot be read or used; the message names it and says why."""
+
+
+class NoInkError(ImageError):
+    """A readable picture with nothing drawn on it."""
+
+
+# ---------------------------------------------------------------------- reading
+def _to_grey(img: Image.Image) -> np.ndarray:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        return ((a - lo) / ((hi - lo) or 1.0)).astype(np.float32)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(paper, rgba)  # transparent = white paper
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
+    """Encoded bytes (PNG, JPEG, …) → (H, W) float32 grey in [0, 1], as seen (paper light)."""
+    if not data:
+        raise ImageError(f"{name}: empty, no image data")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{name}: {img.width}×{img.height} pixels is too large "
+                                     f"(at most {MAX_PIXELS:,})")
+                img.load()
+                return _to_grey(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as err:
+        raise ImageError(f"{name}: not a picture in a format Pillow reads (PNG, JPEG, BMP, GIF, TIFF, WebP…)") from err
+    except (OSError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{name}: cannot be read as an image ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'corrupt data'})") from err
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """A picture file → (H, W) float32 grey in [0, 1], as seen (paper light, ink dark)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot be read ({err.strerror or err})") from err
+    return decode_image(data, str(path))
+
+
+def list_images(paths) -> list[Path]:
+    """Files and folders → picture files: a folder gives its pictures (recursively, sorted by
+    path; by suffix in :data:`IMAGE_SUFFIXES`), a file is kept whatever its suffix."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(str(p)).expanduser()
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------------- the steps
+def _shrink(x: np.ndarray, max_side: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    h, w = t.shape
+    if max(h, w) <= max_side:
+        return t
+    s = max_side / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    return F.interpolate(t[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0]
+
+
+def ink_bright(x: torch.Tensor) -> torch.Tensor:
+    """Invert when the background is the light side: Otsu's threshold splits the picture into
+    two shades, and the one most of a border strip has is the background."""
+    h, w = x.shape
+    b = max(1, round(BORDER_FRACTION * min(h, w)))
+    border = torch.cat([x[:b].flatten(), x[-b:].flatten(), x[:, :b].flatten(), x[:, -b:].flatten()])
+    t = otsu_threshold(x)
+    return 1.0 - x if float((border > t).float().mean()) > 0.5 else x
+
+
+def _open_grey(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Grey opening (min filter, then max filter) with a k×k square, edges replicated."""
+    p = k // 2
+    t = F.pad(x[None, None], (p, p, p, p), mode="replicate")
+    t = -F.max_pool2d(-t, k, stride=1)
+    t = F.pad(t, (p, p, p, p), mode="replicate")
+    return F.max_pool2d(t, k, stride=1)[0, 0]
+
+
+def remove_background(x: torch.Tensor) -> torch.Tensor:
+    """Subtract a smooth paper estimate (ink bright): strokes are thinner than the opening's
+    window in a 64-px copy, so they drop out of it while uneven light stays."""
+    h, w = x.shape
+    s = 64 / max(h, w)
+    small = F.interpolate(x[None, None], size=(max(4, round(h * s)), max(4, round(w * s))),
+                          mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    bg = _open_grey(small, 9)
+    bg = F.avg_pool2d(F.pad(bg[None, None], (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    bg = F.interpolate(bg, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    return (x - bg).clamp_min(0.0)
+
+
+def otsu_threshold(x: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]."""
+    hist = torch.histc(x.flatten(), bins=bins, min=0.0, max=1.0).double()
+    p = hist / hist.sum().clamp_min(1)
+    centres = (torch.arange(bins, dtype=torch.float64) + 0.5) / bins
+    w0 = p.cumsum(0)
+    m = (p * centres).cumsum(0)
+    between = (m[-1] * w0 - m) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
+    return float(centres[int(between.argmax())])
+
+
+def _extent(mass: torch.Tensor, trim: float) -> tuple[int, int]:
+    c = mass.cumsum(0)
+    total = float(c[-1])
+    lo = int(torch.searchsorted(c, torch.tensor(total * trim, dtype=c.dtype)))
+    hi = int(torch.searchsorted(c, torch.tensor(total * (1 - trim), dtype=c.dtype)))
+    return lo, max(lo, min(hi, len(mass) - 1))
+
+
+def drop_specks(x: torch.Tensor, ink: torch.Tensor, min_fraction: float = SPECK_FRACTION,
+                grid: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove the connected blobs of the ``ink`` mask (8-neighbours, found on a ≤ ``grid``-px
+    max-pooled copy) that hold less than ``min_fraction`` of the ink: dust, paper texture, a
+    stray touch of the pen. Returns ``x`` and ``ink`` without them."""
+    h, w = ink.shape
+    s = min(1.0, grid / max(h, w))
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    mask = F.adaptive_max_pool2d(ink[None, None].float(), size)[0, 0] > 0
+    if not mask.any():
+        return x, ink
+    labels = torch.where(mask, torch.arange(1, mask.numel() + 1, dtype=torch.float32).reshape(size), torch.zeros(size))
+    for _ in range(4 * sum(size)):  # spread the largest label through each blob
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    ids, inverse = torch.unique(labels, return_inverse=True)
+    full = F.interpolate(inverse[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+    mass = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, full.flatten(), (x * ink).flatten().double())
+    mass[ids == 0] = 0
+    share = mass / mass.sum().clamp_min(1e-12)
+    drop = (share < min_fraction) & (ids != 0)
+    big = share >= BODY_FRACTION
+    if big.any():  # a small blob away from the character's body is dust too; a dakuten is near
+        ys, xs = torch.nonzero(big[inverse], as_tuple=True)
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+        m = max(1, round(NEAR_FRACTION * max(y1 - y0 + 1, x1 - x0 + 1)))
+        near = torch.zeros(size, dtype=torch.bool)
+        near[max(0, y0 - m) : y1 + m + 1, max(0, x0 - m) : x1 + m + 1] = True
+        touches = torch.zeros(len(ids), dtype=torch.bool)
+        touches[inverse[near & mask].unique()] = True
+        drop |= (ids != 0) & ~big & ~touches
+    gone = drop[full]
+    return torch.where(gone, torch.zeros_like(x), x), ink & ~gone
+
+
+def ink_bbox(ink: torch.Tensor, trim: float = BBOX_TRIM) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), inclusive, of a bright-ink image, ignoring ``trim`` of the
+    ink mass on each side."""
+    y0, y1 = _extent(ink.sum(1).double(), trim)
+    x0, x1 = _extent(ink.sum(0).double(), trim)
+    return y0, y1, x0, x1
+
+
+def frame_ink(x: torch.Tensor, bbox, ink_ratio: float = INK_FRAME_RATIO, size: int = FRAME_SIZE) -> torch.Tensor:
+    """Crop to ``bbox``, pad to a square whose side is the box's longer side / ``ink_ratio``
+    (ink centred), resize to ``size``."""
+    y0, y1, x0, x1 = bbox
+    crop = x[y0 : y1 + 1, x0 : x1 + 1]
+    h, w = crop.shape
+    side = max(h, w, round(max(h, w) / ink_ratio))
+    top, left = (side - h) // 2, (side - w) // 2
+    framed = F.pad(crop, (left, side - w - left, top, side - h - top), value=0.0)
+    out = F.interpolate(framed[None, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0, 0].clamp_(0.0, 1.0)
+
+
+def normalize_ink(img, ink_ratio: float = INK_FRAME_RATIO, name: str = "image") -> np.ndarray:
+    """A grey picture (H, W) in [0, 1], either polarity → (FRAME_SIZE, FRAME_SIZE) float32 in
+    [0, 1], ink bright on black, framed like an ETL8G record. Raises :class:`NoInkError` when
+    nothing is drawn."""
+    if not 0.05 <= ink_ratio <= 1.0:
+        raise ValueError(f"ink_ratio must be in [0.05, 1], got {ink_ratio}")
+    a = np.asarray(img, dtype=np.float32)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].mean(-1)
+    if a.ndim != 2 or min(a.shape) < 2:
+        raise ImageError(f"{name}: expected a grey picture (H, W), got shape {tuple(a.shape)}")
+    if a.max() > 1.0:  # uint8-like values
+        a = a / 255.0
+    x = _shrink(np.nan_to_num(a, nan=0.0).clip(0.0, 1.0), WORK_MAX_SIDE)
+    x = ink_bright(x)
+    x = remove_background(x)
+    contrast = float(torch.quantile(x.flatten()[:: max(1, x.numel() // 200_000)], 0.999))
+    if contrast < MIN_INK_CONTRAST:
+        raise NoInkError(f"{name}: no ink found (the picture is blank or has no contrast)")
+    x = (x / contrast).clamp_(0.0, 1.0)
+    x = F.avg_pool2d(F.pad(x[None, None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0, 0]
+    t = otsu_threshold(x)
+    x = torch.where(x < t / 2, torch.zeros_like(x), x)
+    ink = x >= t
+    if float(ink.float().mean()) < MIN_INK_FRACTION or int(ink.sum()) < 4:
+        raise NoInkError(f"{name}: no ink found (only a few specks)")
+    x, ink = drop_specks(x, ink)
+    return frame_ink(x, ink_bbox(torch.where(ink, x, torch.zeros_like(x))), ink_ratio).numpy()
+
+
+def to_model_input(img, preprocess: dict | Preprocess, ink_ratio: float = INK_FRAME_RATIO,
+                   name: str = "image") -> torch.Tensor:
+    """A grey picture (as :func:`load_image` returns) → (1, 1, S, S) float32: :func:`normalize_ink`,
+    then the checkpoint's training :class:`Preprocess` (from its ``preprocess`` dict)."""
+    pre = preprocess if isinstance(preprocess, Preprocess) else Preprocess(**dict(preprocess))
+    return pre(normalize_ink(img, ink_ratio, name)[None])[:, None]

@@ -1,0 +1,276 @@
+"""Top-5 kana for your own pictures, and the one inference path everything else reuses.
+
+    python -m maist.predict ckpt_path=CKPT inputs=[a.png,b.jpg,folder/]          # a table
+    python -m maist.predict ckpt_path=CKPT inputs=[a.png] format=json            # JSON lines
+    python -m maist.predict ckpt_path=CKPT inputs=[a.png] k=3 ink_ratio=0.95     # options
+
+:class:`Predictor` (``from_checkpoint``, ``top_k``, ``features``) is shared by this command,
+``maist.visualize``, ``maist.export`` (its check) and the web page (``maist.serve``). Pictures
+go through :mod:`maist.images` and then the checkpoint's own training ``Preprocess``.
+
+A missing or unreadable checkpoint, or an unreadable picture, is one line on stderr naming the
+file, and exit code 2 (the other pictures are still predicted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from maist.data.preprocess import Preprocess
+from maist.images import INK_FRAME_RATIO, ImageError, decode_image, list_images, load_image, to_model_input
+
+__all__ = ["Predictor", "CheckpointError", "UsageError", "parse_cli", "cli", "main"]
+
+EXIT_USAGE = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or cannot be used; the message names it."""
+
+
+class UsageError(ValueError):
+    """Bad command-line arguments."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+class Predictor:
+    """A trained network with its class list and its training preprocessing, in eval mode on CPU.
+
+    Images given to :meth:`top_k` / :meth:`prepare` may be a path, encoded bytes (PNG, JPEG…),
+    a PIL image, or a 2-D array (a grey picture as :func:`maist.images.load_image` returns):
+    these are normalised (:func:`maist.images.to_model_input`). A 4-D tensor or array
+    (N, 1, S, S) is taken as already-preprocessed network input.
+    """
+
+    def __init__(self, net: torch.nn.Module, classes: Sequence[str], preprocess: dict,
+                 ink_ratio: float = INK_FRAME_RATIO, source: str = "model"):
+        self.net = net.eval()
+        self.preprocess_dict = dict(preprocess)
+        self.preprocess = Preprocess(**self.preprocess_dict)
+        self.image_size = self.preprocess.image_size
+        self.ink_ratio = float(ink_ratio)
+        self.source = source
+        self.classes = list(classes)
+        n_out = self._num_outputs()
+        if len(self.classes) < n_out:  # a class list shorter than the outputs: name the rest
+            self.classes += [f"#{i}" for i in range(len(self.classes), n_out)]
+        self._lock = threading.Lock()  # one forward at a time (the web server is threaded)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, ink_ratio: float | None = None) -> "Predictor":
+        """Rebuild the model of a MAIST Lightning checkpoint (``best.ckpt``/``last.ckpt``) on CPU.
+        ``ink_ratio`` defaults to the one measured on the checkpoint's training images. Raises :class:`CheckpointError` with a one-line reason when it cannot."""
+        from maist.module import MaistModule
+
+        p = Path(str(path)).expanduser()
+        if not str(path):
+            raise CheckpointError("no checkpoint given: pass ckpt_path=…/checkpoints/best.ckpt")
+        if not p.exists():
+            raise CheckpointError(f"{p}: no such checkpoint (pass ckpt_path=…/checkpoints/best.ckpt)")
+        if not p.is_file():
+            raise CheckpointError(f"{p}: not a file (pass ckpt_path=…/checkpoints/best.ckpt)")
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as err:  # truncated, foreign or corrupt: pickle, zip and torch all raise
+            raise CheckpointError(f"{p}: not a readable checkpoint ({_first_line(err)})") from err
+        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+        if not isinstance(hp, dict) or "net" not in hp or "state_dict" not in ckpt:
+            raise CheckpointError(f"{p}: not a MAIST checkpoint (no model hyper-parameters or weights)")
+        if not hp.get("preprocess"):
+            raise CheckpointError(f"{p}: the checkpoint does not record its preprocessing; retrain it with "
+                                  "this version of MAIST")
+        try:
+            module = MaistModule.load_from_checkpoint(p, map_location="cpu")
+            pre = Preprocess(**dict(hp["preprocess"]))
+        except Exception as err:
+            raise CheckpointError(f"{p}: cannot rebuild the model ({_first_line(err)})") from err
+        if ink_ratio is None:
+            ink_ratio = hp.get("ink_ratio") or INK_FRAME_RATIO
+        return cls(module.net, hp.get("classes") or [], pre.as_dict(), ink_ratio, str(p))
+
+    def _num_outputs(self) -> int:
+        last = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
+        if last:
+            return last[-1].out_features
+        with torch.no_grad():
+            return int(self.net(torch.zeros(1, 1, self.image_size, self.image_size)).shape[-1])
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, image, name: str | None = None) -> torch.Tensor:
+        """One picture → (1, 1, S, S) network input. Raises :class:`ImageError`."""
+        if isinstance(image, (str, os.PathLike)):
+            return to_model_input(load_image(image), self.preprocess, self.ink_ratio, name or str(image))
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return to_model_input(decode_image(bytes(image), name or "<upload>"), self.preprocess,
+                                  self.ink_ratio, name or "<upload>")
+        if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+            from maist.images import _to_grey
+
+            return to_model_input(_to_grey(image), self.preprocess, self.ink_ratio, name or "image")
+        arr = image
+        if isinstance(arr, torch.Tensor) and arr.dim() == 4 or isinstance(arr, np.ndarray) and arr.ndim == 4:
+            x = torch.as_tensor(arr, dtype=torch.float32)
+            self._check_input(x)
+            return x
+        return to_model_input(np.asarray(arr), self.preprocess, self.ink_ratio, name or "image")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        s = self.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, s, s):
+            raise ImageError(f"network input must be (N, 1, {s}, {s}), got {tuple(x.shape)}")
+
+    def batch(self, images: Iterable) -> torch.Tensor:
+        """Pictures (or one (N, 1, S, S) tensor) → one (N, 1, S, S) tensor."""
+        if isinstance(images, (torch.Tensor, np.ndarray)) and np.ndim(images) == 4:
+            return self.prepare(images)
+        parts = [self.prepare(im) for im in images]
+        if not parts:
+            return torch.empty(0, 1, self.image_size, self.image_size)
+        return torch.cat(parts)
+
+    # ------------------------------------------------------------------ outputs
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        with self._lock, torch.no_grad():
+            return self.net(x.float())
+
+    def probabilities(self, images) -> torch.Tensor:
+        """(N, classes) softmax probabilities."""
+        return torch.softmax(self.logits(self.batch(images)), dim=-1)
+
+    def top_k(self, images, k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each picture, the ``k`` likeliest kana with their probabilities, best first."""
+        probs = self.probabilities(images)
+        k = max(1, min(int(k), probs.shape[-1]))
+        values, idx = probs.topk(k, dim=-1)
+        return [[(self.classes[int(i)], float(v)) for v, i in zip(vs, ids)] for vs, ids in zip(values, idx)]
+
+    def features(self, image, **kwargs) -> dict[str, np.ndarray]:
+        """The article's figures for one picture (see :func:`maist.viz.feature_figures`): the
+        input as the network sees it, the first-layer filters, and each layer's maps as tile
+        grids (uint8 arrays), in the network's order."""
+        from maist.viz import feature_figures
+
+        x = self.prepare(image)
+        if x.shape[0] != 1:
+            raise ImageError(f"features() takes one picture, got {x.shape[0]}")
+        with self._lock:
+            return feature_figures(self.net, x, **kwargs)
+
+    def describe(self) -> str:
+        return (f"{self.source}: {type(self.net).__name__}, {len(self.classes)} classes, "
+                f"input 1×{self.image_size}×{self.image_size}, preprocess {self.preprocess_dict}, "
+                f"ink_ratio {self.ink_ratio}")
+
+
+# ---------------------------------------------------------------------- command line
+def parse_cli(argv: Sequence[str], defaults: dict[str, Any], usage: str) -> dict:
+    """``key=value`` arguments (Hydra-style, parsed by OmegaConf) over ``defaults``. Unknown
+    keys and malformed arguments raise :class:`UsageError`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    argv = list(argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage)
+        raise SystemExit(0)
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise UsageError(f"arguments are key=value, got {bad[0]!r}. Usage:\n{usage}")
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(argv), resolve=True)
+    except (OmegaConfBaseException, ValueError) as err:
+        raise UsageError(f"cannot parse the arguments ({_first_line(err)})") from err
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise UsageError(f"unknown argument {unknown[0]}= (known: {', '.join(sorted(defaults))})")
+    return {**defaults, **given}
+
+
+def cli(main_fn: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a command's main: expected failures (bad checkpoint, picture, arguments) become one
+    line on stderr and exit code 2, never a traceback."""
+
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main_fn(sys.argv[1:] if argv is None else list(argv))
+        except (CheckpointError, ImageError, UsageError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return 130
+
+    return run
+
+
+def _optional_float(value) -> float | None:
+    return None if value in (None, "", "null", "None") else float(value)
+
+
+USAGE = """usage: python -m maist.predict ckpt_path=CKPT inputs=[a.png,b.jpg,folder/] [format=table|json] [k=5] [ink_ratio=<the checkpoint's>]
+  inputs: picture files and folders (folders: their pictures, recursively); dark ink on light paper
+  or the reverse, any size; a single input may be given as input=a.png"""
+
+DEFAULTS = {"ckpt_path": None, "inputs": [], "input": None, "format": "table", "k": 5, "ink_ratio": None,
+            "torch_threads": 1}
+
+
+def _inputs(cfg: dict) -> list[Path]:
+    raw = cfg.get("inputs")
+    raw = [] if raw is None else ([raw] if isinstance(raw, (str, os.PathLike)) else list(raw))
+    if cfg.get("input"):
+        raw.append(cfg["input"])
+    if not raw:
+        raise UsageError(f"no pictures given: pass inputs=[a.png,folder/]\n{USAGE}")
+    files = list_images(raw)
+    if not files:
+        raise UsageError(f"no pictures found in {', '.join(map(str, raw))} (suffixes: .png, .jpg, …)")
+    return files
+
+
+@cli
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(argv, DEFAULTS, USAGE)
+    if cfg["format"] not in ("table", "json"):
+        raise UsageError(f"format must be table or json, got {cfg['format']!r}")
+    if not cfg["ckpt_path"]:
+        raise UsageError(f"ckpt_path= is required\n{USAGE}")
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg["torch_threads"]))
+    files = _inputs(cfg)
+    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=_optional_float(cfg["ink_ratio"]))
+    k = int(cfg["k"])
+    failed = 0
+    if cfg["format"] == "table":
+        width = max(len(str(f)) for f in files)
+        print(f"{'input':<{width}}  " + "  ".join(f"top{i + 1:<7}" for i in range(k)))
+    for f in files:
+        try:
+            top = predictor.top_k([f], k=k)[0]
+        except ImageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        if cfg["format"] == "json":
+            print(json.dumps({"input": str(f), f"top{k}": [[c, round(p, 6)] for c, p in top]}, ensure_ascii=False))
+        else:
+            print(f"{str(f):<{width}}  " + "  ".join(f"{c} {p:6.1%}" for c, p in top))
+        sys.stdout.flush()
+    return EXIT_USAGE if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

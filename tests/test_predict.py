@@ -1,0 +1,288 @@
+"""Predictor and `python -m maist.predict`, on a tiny model trained here on the generated sample.
+
+The model (``tiny_checkpoint``) is trained at test time, once per session, on 12 kana of the
+shipped sample (fonts, not ETL data), and saved in Lightning's checkpoint format: it is shared
+with tests/test_images.py, test_export.py, test_serve.py and test_browser.py.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Distinct shapes, simple to draw; the model reads only these.
+TINY_CHARS = "あいくこしすつてのへもん"
+TEST_WRITERS_FROM = 9055  # sample sheets 9055–9060 are held out of the tiny model's training
+
+_lock = threading.RLock()
+_cache: dict[str, object] = {}
+
+
+def sample_records(chars: str = TINY_CHARS):
+    """(images (N, 127, 128) levels 0..15, chars (N,), sheets (N,)) of the shipped sample."""
+    from maist.data.etl import read_etl8g
+    from maist.data.kana import char_to_jis, jis_to_char
+    from maist.data.sample import SAMPLE_ZIP
+
+    key = f"records:{chars}"
+    with _lock:
+        if key not in _cache:
+            r = read_etl8g(SAMPLE_ZIP, jis=[char_to_jis(c) for c in chars])
+            _cache[key] = (r.images, np.array([jis_to_char(int(j)) for j in r.jis]), r.sheet.copy())
+    return _cache[key]
+
+
+def build_tiny_checkpoint(path: Path, steps: int = 150, seed: int = 0) -> Path:
+    """Train a small DeepMnistCNN on TINY_CHARS of the sample (held-out writers excluded) and
+    save it as a MaistModule Lightning checkpoint; a few seconds on one core."""
+    import lightning as L
+
+    from maist.data.preprocess import Preprocess, etl_levels_to_float
+    from maist.module import MaistModule
+
+    images, chars, sheets = sample_records()
+    pre = Preprocess()
+    x = pre(etl_levels_to_float(images))[:, None]
+    y = torch.tensor([TINY_CHARS.index(c) for c in chars])
+    train = torch.from_numpy(sheets < TEST_WRITERS_FROM)
+    x, y = x[train], y[train]
+    torch.manual_seed(seed)
+    module = MaistModule(
+        net={"_target_": "maist.models.DeepMnistCNN", "num_classes": len(TINY_CHARS), "image_size": pre.image_size,
+             "filters": [8, 16], "hidden": 64, "keep_prob": 1.0, "init": "pytorch"},
+        optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3},
+        classes=list(TINY_CHARS), class_set="hiragana71", preprocess=pre.as_dict(),
+    )
+    net = module.net
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        i = torch.randint(len(y), (32,), generator=g)
+        loss = torch.nn.functional.cross_entropy(net(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": steps}, path)
+    return path
+
+
+def tiny_checkpoint() -> Path:
+    """The session's tiny checkpoint (built on first use, deleted at exit)."""
+    with _lock:
+        if "ckpt" not in _cache:
+            folder = Path(tempfile.mkdtemp(prefix="maist-tiny-"))
+            atexit.register(shutil.rmtree, folder, True)
+            torch.set_num_threads(1)
+            _cache["ckpt"] = build_tiny_checkpoint(folder / "tiny.ckpt")
+    return _cache["ckpt"]
+
+
+def tiny_predictor():
+    from maist.predict import Predictor
+
+    with _lock:
+        if "predictor" not in _cache:
+            _cache["predictor"] = Predictor.from_checkpoint(tiny_checkpoint())
+    return _cache["predictor"]
+
+
+def paper_picture(levels: np.ndarray) -> np.ndarray:
+    """An ETL record (levels 0..15, ink bright) as a picture of dark ink on white, uint8."""
+    return np.round(255 * (1 - levels.astype(np.float32) / 15)).astype(np.uint8)
+
+
+def held_out(char: str, k: int = 0) -> np.ndarray:
+    images, chars, sheets = sample_records()
+    idx = np.nonzero((chars == char) & (sheets >= TEST_WRITERS_FROM))[0]
+    return images[idx[k]]
+
+
+def run_cli(module: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                                                "OMP_NUM_THREADS": "1", "HOME": tempfile.gettempdir()})
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt() -> Path:
+    return tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_ckpt):
+    return tiny_predictor()
+
+
+# ---------------------------------------------------------------------- Predictor
+def test_checkpoint_rebuilds_with_its_classes_and_preprocess(predictor):
+    assert predictor.classes == list(TINY_CHARS)
+    assert predictor.image_size == 28
+    assert predictor.preprocess_dict["contrast"] == "stretch"
+    assert not predictor.net.training
+
+
+def test_top_k_reads_held_out_pictures(predictor, tmp_path):
+    from PIL import Image
+
+    paths, expected = [], []
+    for c in "くしつのもん":
+        p = tmp_path / f"{c}.png"
+        Image.fromarray(paper_picture(held_out(c))).save(p)
+        paths.append(p)
+        expected.append(c)
+    tops = predictor.top_k(paths, k=5)
+    assert len(tops) == len(paths) and all(len(t) == 5 for t in tops)
+    for t in tops:
+        probs = [p for _, p in t]
+        assert probs == sorted(probs, reverse=True) and 0.0 <= probs[-1] and probs[0] <= 1.0
+    hits = sum(t[0][0] == c for t, c in zip(tops, expected))
+    assert hits >= 5, [(c, t[0]) for t, c in zip(tops, expected)]
+
+
+def test_top_k_accepts_arrays_bytes_and_network_input(predictor):
+    import io
+
+    from PIL import Image
+
+    pic = paper_picture(held_out("く"))
+    buf = io.BytesIO()
+    Image.fromarray(pic).save(buf, format="PNG")
+    a = predictor.top_k([pic])[0]
+    b = predictor.top_k([buf.getvalue()])[0]
+    x = predictor.prepare(pic)
+    assert x.shape == (1, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
+    c = predictor.top_k(x)[0]
+    assert a[0][0] == b[0][0] == c[0][0]
+    assert a[0][1] == pytest.approx(c[0][1], abs=1e-6)
+
+
+def test_features_are_the_articles_figures(predictor):
+    figs = predictor.features(paper_picture(held_out("し")))
+    for name in ("input", "filters", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2"):
+        assert name in figs and figs[name].dtype == np.uint8 and figs[name].size > 0
+
+
+def test_missing_and_corrupt_checkpoints_raise_one_clear_error(tmp_path):
+    from maist.predict import CheckpointError, Predictor
+
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "nope.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError, match="bad.ckpt: not a readable checkpoint"):
+        Predictor.from_checkpoint(bad)
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="not a MAIST checkpoint"):
+        Predictor.from_checkpoint(other)
+
+
+# ---------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("pictures")
+    Image.fromarray(paper_picture(held_out("く"))).save(folder / "ku.png")
+    sub = folder / "more"
+    sub.mkdir()
+    Image.fromarray(paper_picture(held_out("つ"))).convert("RGB").save(sub / "tsu.jpg", quality=90)
+    return folder
+
+
+def test_cli_table_and_json(tiny_ckpt, pictures, tmp_path, capsys):
+    from maist.predict import main
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a picture")
+    rc = main([f"ckpt_path={tiny_ckpt}", f"inputs=[{pictures / 'ku.png'},{pictures / 'more'}]", "format=json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["input"]).name for r in rows] == ["ku.png", "tsu.jpg"]
+    assert all(len(r["top5"]) == 5 and isinstance(r["top5"][0][0], str) for r in rows)
+    assert rows[0]["top5"][0][0] == "く"
+
+    rc = main([f"ckpt_path={tiny_ckpt}", f"inputs=[{pictures}/,{bad}]"])
+    out, err = capsys.readouterr()
+    assert rc == 2  # the readable pictures are still predicted
+    assert "ku.png" in out and "tsu.jpg" in out and "top1" in out
+    assert err.strip().count("\n") == 0 and "broken.png" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "no inputs", "unknown key"])
+def test_cli_bad_arguments_are_one_line_exit_2(problem, pictures, tmp_path, capsys):
+    from maist.predict import main
+
+    path = tmp_path / "model.ckpt"
+    if problem == "corrupt":
+        path.write_bytes(b"PK\x03\x04 truncated")
+    args = [f"ckpt_path={path}", f"inputs=[{pictures}]"]
+    if problem == "no inputs":
+        args = [f"ckpt_path={path}", f"inputs=[{tmp_path / 'empty'}/]"]
+        (tmp_path / "empty").mkdir()
+    if problem == "unknown key":
+        args.append("colour=blue")
+    rc = main(args)
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert "Traceback" not in err and err.startswith("error: ")
+    assert {"missing": "model.ckpt: no such checkpoint", "corrupt": "model.ckpt: not a readable checkpoint",
+            "no inputs": "no pictures found", "unknown key": "unknown argument colour="}[problem] in err
+
+
+def test_python_m_entry_point_exits_2_without_traceback(tmp_path):
+    picture = tmp_path / "missing.png"
+    res = run_cli("maist.predict", f"ckpt_path={tmp_path / 'model.ckpt'}", f"inputs=[{picture}]")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'model.ckpt'}: no such checkpoint (pass ckpt_path=…/checkpoints/best.ckpt)"]
+
+
+# ---------------------------------------------------------------------- python -m maist.visualize
+def test_visualize_char_and_picture_write_the_figures(tiny_ckpt, pictures, tmp_path, capsys):
+    from PIL import Image
+
+    from maist.visualize import main
+
+    assert main([f"ckpt_path={tiny_ckpt}", "char=く", f"out={tmp_path / 'ku'}"]) == 0
+    out = capsys.readouterr().out.split()
+    names = [Path(p).name for p in out]
+    assert names == ["00_input.png", "01_filters.png", "02_conv1.png", "03_relu1.png", "04_pool1.png",
+                     "05_conv2.png", "06_relu2.png", "07_pool2.png", "08_top5.png"]
+    assert all(Path(p).is_file() and Path(p).parent == tmp_path / "ku" for p in out)
+    assert Image.open(out[-1]).mode == "RGB" and Image.open(out[2]).mode == "L"
+
+    assert main([f"ckpt_path={tiny_ckpt}", f"input={pictures / 'ku.png'}", f"out={tmp_path / 'pic'}"]) == 0
+    assert len(capsys.readouterr().out.split()) == 9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["char=ぬ", "record=999"], "record=999"),
+    (["char=ab"], "give one character"),
+    (["input=/nonexistent/x.png"], "/nonexistent/x.png: no such file"),
+    (["char=ぬ", "input=x.png"], "either char= or input="),
+    (["char=ぬ", "data_root=/nonexistent"], "/nonexistent: no such file or folder"),
+])
+def test_visualize_bad_arguments_exit_2(tiny_ckpt, tmp_path, capsys, args, message):
+    from maist.visualize import main
+
+    assert main([f"ckpt_path={tiny_ckpt}", f"out={tmp_path}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err.splitlines()[0] and "Traceback" not in err
