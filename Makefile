@@ -24,6 +24,7 @@ test: install
 # Benchmarks print ratios measured side by side in one run (not tests).
 bench: install
 	$(PY) -m benchmarks.bench_decode $(ARGS)
+	$(PY) -m benchmarks.bench_loader
 	$(PY) -m benchmarks.lightning_overhead
 	$(PY) -m benchmarks.bench_export
 
