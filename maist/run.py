@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from maist.analysis import analyse_test
 from maist.data.etl import write_atomic
 from maist.module import MaistModule
 
@@ -94,6 +95,9 @@ def run(cfg: DictConfig) -> dict:
         tested = trainer.lightning_module
         metrics.update({k: float(v) for k, v in results[0].items() if not k.startswith("test/acc_class/")})
         metrics["test/acc_per_class"] = getattr(tested, "per_class_accuracy", {})
+        if cfg.get("analyse_test", True):
+            metrics["analysis"] = analyse_test(tested, datamodule, out, loggers, metrics=metrics,
+                                               step=trainer.global_step)
     write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
     _report(metrics, loggers, out)
     return metrics

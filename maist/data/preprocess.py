@@ -8,8 +8,12 @@ Steps, each a config value (``data.preprocess``):
   ink to 1, so light scans (ETL4C) look like dark ones; ``none`` keeps the levels.
 - ``threshold`` zeroes what stays below that fraction of the ink after stretching
   (faint cell frames, scanner noise).
+- ``despeckle: k`` (0: off) zeroes ink pixels with fewer than k ink pixels among their 8
+  neighbours (scanner specks, dotted remains of a cell frame).
 - ``crop: true`` crops to the ink's bounding box and pads it to a square with ``margin``
-  (a fraction of its side) on each side, so size and position no longer vary.
+  (a fraction of its side) on each side, so size and position no longer vary. The box may
+  leave out a fraction ``crop_mass`` of the ink mass at each side (rows and columns
+  separately), so a speck or a stretch of frame far from the character does not widen it.
 - the square is resized with antialiasing to ``image_size``.
 """
 
@@ -33,6 +37,8 @@ class Preprocess:
     threshold: float = 0.0
     crop: bool = False
     margin: float = 0.12
+    crop_mass: float = 0.0  # ink fraction the crop may leave out at each side (0: all the ink)
+    despeckle: int = 0  # drop ink pixels with fewer ink neighbours than this (0: off)
     ink_percentile: float = 99.0  # the level counted as full ink when stretching
 
     def __post_init__(self):
@@ -59,21 +65,41 @@ class Preprocess:
             x = stretch_contrast(x, self.ink_percentile)
         if self.threshold > 0:
             x = torch.where(x < self.threshold, torch.zeros_like(x), x)
+        if self.despeckle:
+            x = despeckle(x, self.despeckle)
         if self.crop:
-            return torch.stack([self._crop_resize(img) for img in x])
+            return self._crop_resize(x)
         return resize(pad_to_square(x), self.image_size)
 
-    def _crop_resize(self, img: torch.Tensor) -> torch.Tensor:
-        ink = img > max(self.threshold, 0.05)
-        if not ink.any():
-            return resize(pad_to_square(img[None]), self.image_size)[0]
-        rows = torch.nonzero(ink.any(1)).squeeze(1)
-        cols = torch.nonzero(ink.any(0)).squeeze(1)
-        img = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        side = max(img.shape)
-        pad = round(side * self.margin)
-        img = pad_to_square(img[None], side + 2 * pad, fill=0.0)
-        return resize(img, self.image_size)[0]
+    def _crop_resize(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = mass_bounds(x.sum(2), self.crop_mass)
+        left, right = mass_bounds(x.sum(1), self.crop_mass)
+        out = []
+        for img, t, b, l, r in zip(x, top.tolist(), bottom.tolist(), left.tolist(), right.tolist()):
+            if not (img > 0).any():  # nothing to crop to
+                out.append(resize(pad_to_square(img[None]), self.image_size)[0])
+                continue
+            img = img[t : b + 1, l : r + 1]
+            side = max(img.shape)
+            pad = round(side * self.margin)
+            out.append(resize(pad_to_square(img[None], side + 2 * pad, fill=0.0), self.image_size)[0])
+        return torch.stack(out)
+
+
+def despeckle(x: torch.Tensor, min_neighbours: int) -> torch.Tensor:
+    """(N, H, W): zero the ink pixels with fewer than ``min_neighbours`` ink pixels among
+    their 8 neighbours."""
+    ink = (x > 0).to(x.dtype)[:, None]
+    around = F.avg_pool2d(ink, 3, stride=1, padding=1, count_include_pad=True)[:, 0] * 9 - ink[:, 0]
+    return torch.where(around >= min_neighbours - 0.5, x, torch.zeros_like(x))
+
+
+def mass_bounds(profile: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) ink profiles → first and last index of the span that leaves out at most a
+    fraction ``q`` of the ink mass at each end (``q = 0``: the first and last ink)."""
+    c = profile.cumsum(1)
+    c = c / c[:, -1:].clamp_min(1e-12)
+    return (c <= q).sum(1).clamp(max=profile.shape[1] - 1), (c < 1 - q).sum(1).clamp(max=profile.shape[1] - 1)
 
 
 def etl_levels_to_float(levels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,168 @@
+"""Lightning's cost per training step: the project's Trainer loop against a plain PyTorch loop.
+
+    python -m benchmarks.lightning_overhead [--root DIR] [--quick] [--threads 1] [--steps 200] [--rounds 3]
+
+For the article's CNN (``experiment=seed_cnn``) and the linear model (``experiment=seed_beginner``),
+both built from the project's Hydra configs: ``MaistModule`` + ``MaistDataModule`` batches in a
+``Trainer`` made from ``conf/trainer`` with the configured logger (TensorBoard, into a temporary
+folder) and callbacks (minus checkpointing and feature-map figures), no validation, no progress
+bar; against a plain loop over the same in-memory tensors with the same network, optimizer,
+loss, batch size (50) and thread count. The two alternate in rounds (L, plain, L, plain, …) so
+that machine noise falls on both; only steps after a warm-up count. Variants of the Lightning
+side show where its overhead comes from: without the logger, and without the per-step
+``self.log`` + torchmetrics accuracy in ``training_step``.
+
+Without ``--root`` it runs on the generated sample shipped in the package (speed does not
+depend on the handwriting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from maist.config import register_resolvers
+from maist.module import MaistModule
+from maist.run import build_module
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class StepClock(L.Callback):
+    """perf_counter at the end of each training batch."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.ends.append(time.perf_counter())
+
+
+class QuietModule(MaistModule):
+    """MaistModule without the per-step ``self.log`` and torchmetrics update (diagnosis only)."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.augment is not None:
+            x = self.augment(x)
+        return self.loss(self(x), y)
+
+
+def compose_cfg(experiment: str, root: str | None, cache_dir: str, out: str, extra=()) -> object:
+    register_resolvers()
+    overrides = [f"experiment={experiment}", f"data.cache_dir={cache_dir}", f"paths.output_dir={out}",
+                 "~callbacks.feature_maps", "~callbacks.model_checkpoint", "trainer.enable_progress_bar=false",
+                 "trainer.enable_model_summary=false", *extra]
+    if root:
+        overrides.append(f"data.root={root}")
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=False)
+
+
+def lightning_steps(cfg, dm, state, steps: int, warmup: int, logger: bool = True, quiet: bool = False) -> float:
+    """Seconds for ``steps`` training steps after ``warmup`` in a fresh Trainer.fit."""
+    model = build_module(cfg, dm)
+    if quiet:
+        model = QuietModule(**model.hparams)
+    model.load_state_dict(state)
+    clock = StepClock()
+    loggers = [instantiate(c) for c in cfg.logger.values()] if logger and cfg.get("logger") else False
+    callbacks = [instantiate(c) for k, c in cfg.callbacks.items()
+                 if c and "_target_" in c and (loggers or k != "lr_monitor")] + [clock]  # lr_monitor needs a logger
+    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, callbacks=callbacks, logger=loggers,
+                          enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    return clock.ends[-1] - clock.ends[warmup - 1]
+
+
+def plain_steps(cfg, dm, state, steps: int, warmup: int) -> float:
+    """The same work in a plain loop: index the in-memory tensors, forward, loss, backward, step."""
+    model = build_module(cfg, dm)
+    model.load_state_dict(state)
+    net, loss_fn = model.net, model.loss
+    net.train()
+    opt = instantiate(cfg.model.optimizer, params=net.parameters())
+    data, targets = dm.train_set.data, dm.train_set.targets
+    bs = int(cfg.data.batch_size)
+    gen = torch.Generator().manual_seed(0)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        idx = torch.randint(len(targets), (bs,), generator=gen)
+        x, y = data[idx], targets[idx]
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def bench(name: str, experiment: str, args, variants: bool) -> list[tuple]:
+    tmp = tempfile.mkdtemp(prefix="maist-overhead-")
+    cfg = compose_cfg(experiment, args.root, args.cache_dir, tmp)
+    L.seed_everything(0, workers=False)
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    state = copy.deepcopy(build_module(cfg, dm).state_dict())
+    kinds = [("lightning", {}), ("plain", None)]
+    if variants:
+        kinds += [("lightning, no logger", {"logger": False}), ("lightning, no self.log/metric", {"quiet": True})]
+    totals = {k: 0.0 for k, _ in kinds}
+    for _ in range(args.rounds):
+        for k, kw in kinds:
+            if kw is None:
+                totals[k] += plain_steps(cfg, dm, state, args.steps, args.warmup)
+            else:
+                totals[k] += lightning_steps(cfg, dm, state, args.steps, args.warmup, **kw)
+    n = args.steps * args.rounds
+    bs = int(cfg.data.batch_size)
+    plain_s = totals["plain"] / n
+    rows = []
+    for k, _ in kinds:
+        per = totals[k] / n
+        rows.append((name, k, bs / per, per * 1e6, (per - plain_s) * 1e6, plain_s / per))
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=None, help="ETL8G data (default: the generated sample)")
+    p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "maist-bench-cache"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=200, help="timed steps per round and side")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-variants", action="store_true", help="skip the diagnosis variants")
+    p.add_argument("--quick", action="store_true", help="about a minute: fewer steps and rounds")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds, args.warmup = 60, 2, 10
+    torch.set_num_threads(args.threads)
+    import logging
+    import warnings
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    rows = []
+    for name, exp in (("article CNN", "seed_cnn"), ("linear", "seed_beginner")):
+        rows += bench(name, exp, args, variants=not args.no_variants)
+    print(f"\nLightning vs plain PyTorch, batch 50, {args.threads} thread(s), {args.rounds} alternating rounds "
+          f"× {args.steps} timed steps (after {args.warmup} warm-up) per side")
+    print(f"{'model':12s} {'loop':32s} {'images/s':>10s} {'µs/step':>10s} {'overhead µs':>12s} {'vs plain':>9s}")
+    for name, k, ips, us, over, ratio in rows:
+        print(f"{name:12s} {k:32s} {ips:10.0f} {us:10.0f} {over:12.0f} {ratio:8.3f}×")
+
+
+if __name__ == "__main__":
+    main()
