@@ -216,7 +216,8 @@ def cli(main_fn: Callable[[list[str]], int]) -> Callable[[list[str] | None], int
     return run
 
 
-def _optional_float(value) -> float | None:
+def optional_float(value) -> float | None:
+    """A key=value argument that may be unset (null) or a number."""
     return None if value in (None, "", "null", "None") else float(value)
 
 
@@ -251,7 +252,7 @@ def main(argv: list[str]) -> int:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg["torch_threads"]))
     files = _inputs(cfg)
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=_optional_float(cfg["ink_ratio"]))
+    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg["ink_ratio"]))
     k = int(cfg["k"])
     failed = 0
     if cfg["format"] == "table":

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from maist.images import ImageError, NoInkError
-from maist.predict import Predictor, UsageError, _optional_float, cli, parse_cli
+from maist.predict import Predictor, UsageError, optional_float, cli, parse_cli
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def main(argv: list[str]) -> int:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg["torch_threads"]))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=_optional_float(cfg["ink_ratio"]))
+    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg["ink_ratio"]))
     try:
         server = make_server(predictor, str(cfg["host"]), int(cfg["port"]), bool(cfg["quiet"]))
     except OSError as err:

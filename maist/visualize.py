@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maist.predict import Predictor, UsageError, _optional_float, cli, parse_cli
+from maist.predict import Predictor, UsageError, optional_float, cli, parse_cli
 
 USAGE = """usage: python -m maist.visualize ckpt_path=CKPT (char=ぬ [data_root=ETL8G] [record=0] | input=my.png) [out=DIR] [k=5]"""
 
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     if char is not None and len(char) != 1:
         raise UsageError(f"char={char!r}: give one character")
     image = record_of(char, cfg["data_root"], cfg["record"]) if char else None
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=_optional_float(cfg["ink_ratio"]))
+    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg["ink_ratio"]))
     if char:
         x = predictor.preprocess(image)[:, None]  # an ETL record: the training preprocessing only
         name = char

@@ -31,6 +31,7 @@ def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) ->
     cs = get_class_set(class_set)
 
     def compute() -> dict[str, np.ndarray]:
+        log.info("decoding and preprocessing %s (once: the result is cached)", root)
         recs = read_etl8g(root, jis=cs.jis_to_label)
         if len(recs) == 0:
             raise EtlFormatError(
