@@ -178,11 +178,6 @@ def check_size(size: int, name: str) -> int:
     return whole
 
 
-def parse_records(raw, name: str = "<bytes>") -> np.ndarray:
-    """View raw bytes as a structured array of records, or say why not."""
-    return np.frombuffer(raw, dtype=RECORD_DTYPE, count=check_size(len(raw), name))
-
-
 def read_etl8g(path: str | os.PathLike, jis: Collection[int] | None = None) -> EtlRecords:
     """Decode every ETL8G record under ``path`` (a file, a folder or a zip), in file order.
 
