@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,10 @@ class EtlHiragana(VisionDataset):
 
     def writer(self, index: int) -> int:
         return int(self.writers[index])
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.targets.tolist())
+        return {self.classes[k]: counts[k] for k in sorted(counts)}
 
     def extra_repr(self) -> str:
         return (f"Classes: {len(self.classes)} ({self.class_set.name})\n"
