@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from maist.images import FRAME_SIZE
-from maist.predict import Predictor, UsageError, cli, parse_cli
+from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
 
 USAGE = "usage: python -m maist.export ckpt_path=CKPT [format=onnx] [out=PATH.onnx] [opset=17] [check_batch=32]"
 DEFAULTS = {"ckpt_path": None, "format": "onnx", "out": None, "opset": 17, "check_batch": 32, "torch_threads": 1}
@@ -143,13 +143,9 @@ def compare_onnx(predictor: Predictor, path: Path, x: torch.Tensor) -> dict:
 @cli
 def main(argv: list[str]) -> int:
     cfg = parse_cli(argv, DEFAULTS, USAGE)
-    if not cfg["ckpt_path"]:
-        raise UsageError(f"ckpt_path= is required\n{USAGE}")
     if cfg["format"] not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {cfg['format']!r}")
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg["torch_threads"]))
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"])
+    predictor = predictor_from_cli(cfg, USAGE)
     ckpt = Path(str(cfg["ckpt_path"]))
     out = Path(str(cfg["out"])) if cfg["out"] else ckpt.with_suffix(".onnx")
     export_onnx(predictor, out, int(cfg["opset"]))

@@ -221,6 +221,16 @@ def optional_float(value) -> float | None:
     return None if value in (None, "", "null", "None") else float(value)
 
 
+def predictor_from_cli(cfg: dict, usage: str) -> "Predictor":
+    """What every command does first: require ``ckpt_path=``, set ``torch_threads=``, and load
+    the checkpoint (with ``ink_ratio=`` if given)."""
+    if not cfg["ckpt_path"]:
+        raise UsageError(f"ckpt_path= is required\n{usage}")
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg["torch_threads"]))
+    return Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg.get("ink_ratio")))
+
+
 USAGE = """usage: python -m maist.predict ckpt_path=CKPT inputs=[a.png,b.jpg,folder/] [format=table|json] [k=5] [ink_ratio=<the checkpoint's>]
   inputs: picture files and folders (folders: their pictures, recursively); dark ink on light paper
   or the reverse, any size; a single input may be given as input=a.png"""
@@ -247,12 +257,8 @@ def main(argv: list[str]) -> int:
     cfg = parse_cli(argv, DEFAULTS, USAGE)
     if cfg["format"] not in ("table", "json"):
         raise UsageError(f"format must be table or json, got {cfg['format']!r}")
-    if not cfg["ckpt_path"]:
-        raise UsageError(f"ckpt_path= is required\n{USAGE}")
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg["torch_threads"]))
     files = _inputs(cfg)
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg["ink_ratio"]))
+    predictor = predictor_from_cli(cfg, USAGE)
     k = int(cfg["k"])
     failed = 0
     if cfg["format"] == "table":

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from maist.images import ImageError, NoInkError
-from maist.predict import Predictor, UsageError, optional_float, cli, parse_cli
+from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
 
 log = logging.getLogger(__name__)
 
@@ -252,15 +252,9 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
 
 @cli
 def main(argv: list[str]) -> int:
-    import torch
-
     cfg = parse_cli(argv, DEFAULTS, USAGE)
-    if not cfg["ckpt_path"]:
-        raise UsageError(f"ckpt_path= is required\n{USAGE}")
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg["torch_threads"]))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg["ink_ratio"]))
+    predictor = predictor_from_cli(cfg, USAGE)
     try:
         server = make_server(predictor, str(cfg["host"]), int(cfg["port"]), bool(cfg["quiet"]))
     except OSError as err:

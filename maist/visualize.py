@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maist.predict import Predictor, UsageError, optional_float, cli, parse_cli
+from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
 
 USAGE = """usage: python -m maist.visualize ckpt_path=CKPT (char=ぬ [data_root=ETL8G] [record=0] | input=my.png) [out=DIR] [k=5]"""
 
@@ -70,20 +70,14 @@ def write_figures(predictor: Predictor, x, out: Path, k: int = 5) -> list[Path]:
 
 @cli
 def main(argv: list[str]) -> int:
-    import torch
-
     cfg = parse_cli(argv, DEFAULTS, USAGE)
-    if not cfg["ckpt_path"]:
-        raise UsageError(f"ckpt_path= is required\n{USAGE}")
     if bool(cfg["char"]) == bool(cfg["input"]):
         raise UsageError(f"give either char= or input=\n{USAGE}")
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg["torch_threads"]))
     char = str(cfg["char"]) if cfg["char"] else None
     if char is not None and len(char) != 1:
         raise UsageError(f"char={char!r}: give one character")
     image = record_of(char, cfg["data_root"], cfg["record"]) if char else None
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg["ink_ratio"]))
+    predictor = predictor_from_cli(cfg, USAGE)
     if char:
         x = predictor.preprocess(image)[:, None]  # an ETL record: the training preprocessing only
         name = char
