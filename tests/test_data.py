@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,9 @@ import torch
 
 import maist.data.cache as cache_mod
 import maist.data.dataset as dataset_mod
-from maist.data.cache import cache_key, cached_arrays
+from maist.data.cache import cache_key, cached_arrays, check_arrays
 from maist.data.datamodule import BatchIndexSampler, MaistDataModule, Part
-from maist.data.dataset import EtlHiragana
+from maist.data.dataset import EtlHiragana, check_loaded, load_arrays
 from maist.data.etl import EtlFormatError, pack_records, read_etl8g, write_etl8g
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
 from maist.data.preprocess import Preprocess, etl_levels_to_float
@@ -646,3 +648,125 @@ def test_etl4c_through_the_dataset(etl4c_writers, scratch_cache):
     assert flat.median(dim=1).values.median() < 0.02  # paper → ~0
     assert flat.max(dim=1).values.median() > 0.9  # pale ink → ~1
     assert (flat.max(dim=1).values > 0.5).all()  # no image lost to the stretch
+
+
+# ================================================================ duplicate records, bad caches
+
+
+def _with_a_copy(root: Path, where: str, tmp_path: Path) -> Path:
+    """``root`` (ETL8G_01, ETL8G_02) with ETL8G_01 read twice: from a sub-folder, or from a zip
+    that holds it under two paths. Returns what to point data.root at."""
+    if where == "folder":
+        (root / "copy").mkdir()
+        shutil.copy(root / "ETL8G_01", root / "copy" / "ETL8G_01")
+        return root
+    archive = tmp_path / "ETL8G.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in ("ETL8G/ETL8G_01", "ETL8G/ETL8G_02", "ETL8G (copy)/ETL8G_01"):
+            zf.write(root / name.rsplit("/", 1)[-1], name)
+    return archive
+
+
+@pytest.mark.parametrize("where", ["folder", "zip"])
+def test_dataset_drops_duplicate_records(hiragana_folder, tmp_path, read_calls, caplog, where):
+    src = hiragana_folder("あいうえお", writers=range(1, 7))  # 15 records a file
+    root = _with_a_copy(src["root"], where, tmp_path)
+    for _ in range(2):  # decoded, then from the cache: the same, and the same warning
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="maist.data.dataset"):
+            ds = EtlHiragana(root, preprocess=TINY, cache_dir=tmp_path / "c")
+        assert len(ds) == 30 and ds.duplicates == 15 and ds.skipped == 0
+        assert ds.writers.tolist() == src["sheet"].tolist()
+        torch.testing.assert_close(ds.data[:, 0], TINY(etl_levels_to_float(src["images"])))
+        [warning] = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
+        assert str(root) in warning and "dropped 15 duplicate records" in warning
+    assert len(read_calls) == 1
+
+
+@pytest.mark.parametrize("where", ["folder", "zip"])
+def test_random_split_puts_no_copy_of_a_training_image_in_test(hiragana_folder, tmp_path, where):
+    """The article's random split over a root that reads one file twice: without dropping the
+    copies, most test images would also be training images."""
+    src = hiragana_folder("あいうえおかきくけこ", writers=range(1, 11))  # 50 records a file
+    root = _with_a_copy(src["root"], where, tmp_path)
+    arrays = load_arrays(root, "hiragana71", Preprocess(image_size=28), cache_dir=tmp_path / "c")
+    rows = [img.tobytes() for img in arrays["images"]]
+    assert len(rows) == 100 and int(arrays["duplicates"]) == 50
+    assert len(set(rows)) == 100  # the records themselves are all different
+    train, val, test = make_split("random", arrays["labels"], arrays["writers"], (0.1, 0.2), seed=0)
+    assert (len(train), len(val), len(test)) == (70, 10, 20)
+    seen = {rows[i] for i in train}
+    assert not [i for i in (*val, *test) if rows[i] in seen]
+
+
+def _drop_labels(arrays):
+    del arrays["labels"]
+
+
+def _short_labels(arrays):
+    arrays["labels"] = arrays["labels"][:-1]
+
+
+def _flat_images(arrays):
+    arrays["images"] = arrays["images"].reshape(len(arrays["images"]), -1)
+
+
+def _float_writers(arrays):
+    arrays["writers"] = arrays["writers"].astype(np.float32)
+
+
+def _no_duplicates_count(arrays):  # a cache written before CACHE_VERSION 2 had none
+    del arrays["duplicates"]
+
+
+@pytest.mark.parametrize("spoil", [_drop_labels, _short_labels, _flat_images, _float_writers,
+                                   _no_duplicates_count])
+def test_inconsistent_cache_file_is_deleted_and_rewritten(hiragana_folder, tmp_path, read_calls,
+                                                          caplog, spoil):
+    src = hiragana_folder("あいう", writers=[1, 2, 3])
+    good = load_arrays(src["root"], "hiragana71", TINY, cache_dir=False)
+    arrays = dict(good)
+    spoil(arrays)
+    params = {"class_set": "hiragana71", "preprocess": TINY.as_dict()}
+    path = tmp_path / "c" / f"{cache_key(src['root'], params)}.npz"  # where the code looks
+    path.parent.mkdir()
+    np.savez(path, **arrays)  # a valid npz, inconsistent inside
+
+    with caplog.at_level(logging.WARNING, logger="maist.data.cache"):
+        ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+
+    assert len(read_calls) == 2  # recomputed
+    assert len(ds) == 9 and ds.targets.tolist() == good["labels"].tolist()
+    torch.testing.assert_close(ds.data[:, 0], torch.from_numpy(good["images"]))
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(path) in warning.getMessage()
+    assert npz_files(tmp_path / "c") == [path]  # rewritten in place, and valid now
+    with np.load(path) as npz:
+        rewritten = {k: npz[k] for k in npz.files}
+    assert check_loaded(rewritten) is None and sorted(rewritten) == sorted(good)
+    for key in good:
+        np.testing.assert_array_equal(rewritten[key], good[key])
+    EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    assert len(read_calls) == 2  # a hit
+
+
+def test_cache_validate_is_the_callers(hiragana_folder, tmp_path):
+    """cached_arrays knows no keys: the caller's validate decides, and a rejected file goes."""
+    src = hiragana_folder("あ", writers=[1])
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(3)}
+
+    cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c")
+    [path] = npz_files(tmp_path / "c")
+    cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c", validate=lambda a: None)
+    assert len(calls) == 1
+    cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c",
+                  validate=lambda a: None if "b" in a else "no b")
+    assert len(calls) == 2 and npz_files(tmp_path / "c") == [path]
+    assert check_arrays({"a": np.zeros((2, 3)), "n": np.array(1)}, {"a": 2}, ("n",)) is None
+    assert check_arrays({"a": np.zeros(2), "b": np.zeros(3)}, {"a": 1, "b": 1}) == \
+        "arrays of different lengths: a 2, b 3"
+    assert check_arrays({"a": np.zeros(2)}, {"a": 1}, ("n",)) == "missing n"

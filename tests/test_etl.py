@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from maist.data.etl import (
+    ETL8G,
+    ETL9G,
     RECORD_DTYPE,
     RECORD_SIZE,
     EtlFormatError,
+    first_occurrences,
+    has_etl9g_layout,
     list_sources,
     pack_records,
     read_etl8g,
+    record_dtype,
+    record_keys,
     write_etl8g,
 )
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set, jis_to_char
 
-from conftest import etl_dev_set
+from conftest import blob_images, etl_dev_set
 
 # The published layout (docs/etl-format.md), used here independently of maist's dtype.
 STRUCT_FORMAT = ">2H8sI4B4H2B30x8128s11x"
@@ -437,3 +444,210 @@ def test_decoding_agrees_with_pils_4_bit_decoder(tmp_path):
         pil = np.asarray(Image.frombytes("F", (W, H), fields[14], "bit", 4))
         np.testing.assert_array_equal(recs.images[k], pil)
         assert (recs.sheet[k], recs.jis[k], recs.serial[k]) == (fields[0], fields[1], fields[3])
+
+
+# ---------------------------------------------------------------- duplicate records
+
+
+def test_copy_in_a_subfolder_is_read_once(tmp_path, make_records):
+    rec = make_records(tmp_path, "ETL8G_01", jis=[A, I, U, KA, 0x3021], sheet=[1, 1, 2, 2, 2])
+    copy = tmp_path / "backup" / "ETL8G_01"
+    copy.parent.mkdir()
+    copy.write_bytes(rec["path"].read_bytes())
+
+    recs = read_etl8g(tmp_path)
+
+    assert recs.files == (str(rec["path"]), str(copy))  # both read ...
+    assert recs.duplicates == 5  # ... the second dropped whole
+    np.testing.assert_array_equal(recs.images, rec["images"])
+    assert recs.jis.tolist() == [A, I, U, KA, 0x3021] and recs.sheet.tolist() == [1, 1, 2, 2, 2]
+    assert recs.serial.tolist() == [1, 2, 3, 4, 5]
+    # With a JIS filter only the kept records count as duplicates; the others are skipped.
+    kept = read_etl8g(tmp_path, jis={A, U})
+    assert (kept.jis.tolist(), kept.skipped, kept.duplicates) == ([A, U], 3 + 3, 2)
+
+
+def test_two_identical_files_keep_the_first(tmp_path, make_records):
+    first = make_records(tmp_path, "ETL8G_01", jis=[A, I, U], sheet=1, seed=1)
+    (tmp_path / "ETL8G_02").write_bytes(first["path"].read_bytes())
+    third = make_records(tmp_path, "ETL8G_03", jis=[KA], sheet=2, seed=3)
+    recs = read_etl8g(tmp_path)
+    assert len(recs.files) == 3 and recs.duplicates == 3
+    assert recs.jis.tolist() == [A, I, U, KA] and recs.sheet.tolist() == [1, 1, 1, 2]
+    np.testing.assert_array_equal(recs.images, np.concatenate([first["images"], third["images"]]))
+
+
+def test_zip_with_the_same_member_under_two_paths(tmp_path, make_records):
+    rec = make_records(tmp_path / "src", "ETL8G_01", jis=[A, I, U], sheet=7)
+    raw = rec["path"].read_bytes()
+    archive = _zip_with(tmp_path / "ETL8G.zip", {"ETL8G/ETL8G_01": raw, "old/ETL8G_01": raw})
+    recs = read_etl8g(archive)
+    assert recs.files == (f"{archive}!ETL8G/ETL8G_01", f"{archive}!old/ETL8G_01")
+    assert recs.duplicates == 3 and recs.jis.tolist() == [A, I, U]
+    np.testing.assert_array_equal(recs.images, rec["images"])
+
+
+def test_duplicates_are_whole_records_and_the_first_is_kept(tmp_path):
+    images = blob_images(4, seed=4)
+    one_pixel = images[0].copy()
+    one_pixel[126, 127] ^= 1  # differs from record 0 in its very last pixel
+    recs = [  # (image, jis, sheet, serial)
+        (images[0], A, 1, 1),
+        (images[1], I, 1, 2),
+        (images[0], A, 1, 1),  # = record 0
+        (images[0], A, 1, 9),  # other serial number
+        (images[0], A, 2, 1),  # other sheet
+        (one_pixel, A, 1, 1),  # other last pixel
+        (images[1], I, 1, 2),  # = record 1
+        (images[0], A, 1, 1),  # = record 0 again
+    ]
+    raw = b"".join(pack_records(img[None], [j], [s], [n]) for img, j, s, n in recs)
+    path = tmp_path / "ETL8G_01"
+    path.write_bytes(raw)
+
+    got = read_etl8g(path)
+
+    kept = [0, 1, 3, 4, 5]
+    assert got.duplicates == 3
+    assert got.serial.tolist() == [recs[k][3] for k in kept]
+    assert got.sheet.tolist() == [recs[k][2] for k in kept]
+    np.testing.assert_array_equal(got.images, np.array([recs[k][0] for k in kept]))
+    # A difference in the unused bytes counts too: the records are not the same bytes.
+    other = bytearray(raw[:RECORD_SIZE])
+    other[-1] = 1
+    path.write_bytes(raw[:RECORD_SIZE] + bytes(other))
+    assert (len(read_etl8g(path)), read_etl8g(path).duplicates) == (2, 0)
+
+
+def test_records_whose_checksums_collide_are_told_apart():
+    """Equal keys (header and word sum of the image) but other pixels: compared in full."""
+    base = blob_images(1, seed=8)[0]
+    swapped = base.copy()
+    swapped[0, :16], swapped[1, :16] = base[1, :16], base[0, :16]  # same 8-byte words, moved
+    assert not np.array_equal(base, swapped)
+    images = np.array([base, swapped, swapped, base, swapped])
+    raw = np.frombuffer(pack_records(images, [A] * 5, [1] * 5, [1] * 5), dtype=np.uint8)
+    keys = record_keys(raw.reshape(5, RECORD_SIZE))
+    assert (keys == keys[0]).all()  # one key for all five
+    assert first_occurrences(keys, images).tolist() == [True, True, False, False, False]
+
+
+# ---------------------------------------------------------------- ETL9G: recognised and refused
+# AIST's ETL9 "G-type" format page: the same 8,199 bytes as ETL8G, the image at bytes 65–8192.
+
+ETL9G_STRUCT = ">2H8sI4B4H2B34x8128s7x"
+
+
+def pack_etl9g(images: np.ndarray, jis, sheet) -> bytes:
+    """ETL9G records, packed with struct (independently of maist's dtypes)."""
+    out = []
+    for k, img in enumerate(images):
+        packed = ((img[:, 0::2] << 4) | img[:, 1::2]).astype(np.uint8).tobytes()
+        out.append(struct.pack(ETL9G_STRUCT, sheet[k], jis[k], b"A.HIRA  ", k + 1, *(0,) * 10, packed))
+    return b"".join(out)
+
+
+def edge_ink_images(n: int) -> np.ndarray:
+    """Blob images with ink in the corners (top-left and bottom-right), as a frame or noise gives."""
+    images = blob_images(n, seed=9)
+    images[:, :3, :10] = 12
+    images[:, -3:, -10:] = 12
+    return images
+
+
+def test_etl9g_layout_is_aists():
+    assert struct.calcsize(ETL9G_STRUCT) == RECORD_SIZE == record_dtype(ETL9G).itemsize
+    assert record_dtype(ETL9G).fields["image"][1] == ETL9G.image_offset == 64
+    assert record_dtype(ETL8G).fields["image"][1] == ETL8G.image_offset == 60
+    assert ETL9G.image_end == 8192 and ETL8G.image_end == 8188
+    assert record_dtype(ETL8G) == RECORD_DTYPE
+    images = edge_ink_images(2)
+    raw = pack_etl9g(images, [A, I], [1, 2])
+    recs = np.frombuffer(raw, dtype=record_dtype(ETL9G))
+    assert recs["jis"].tolist() == [A, I]
+    assert raw[60:64] == bytes(4) and raw[8188:8192] == bytes([0xCC] * 4)  # bottom-right ink
+
+
+def _refused(path) -> str:
+    with pytest.raises(EtlFormatError) as err:
+        read_etl8g(path)
+    msg = str(err.value)
+    assert "\n" not in msg and "ETL9G is not supported yet" in msg and "ETL8G" in msg
+    return msg
+
+
+@pytest.mark.parametrize("name", ["ETL9G_01", "ETL8G_01", "records.bin"])
+def test_etl9g_file_is_refused_by_name_and_by_content(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(pack_etl9g(edge_ink_images(6), [A, I, U, KA, A, I], [1, 1, 1, 1, 2, 2]))
+    assert str(path) in _refused(path)
+    if name == "ETL8G_01":  # by content alone: also in a folder and in a zip
+        assert str(path) in _refused(tmp_path)
+        archive = _zip_with(tmp_path / "ETL8G.zip", {"ETL8G/ETL8G_01": path.read_bytes()})
+        assert f"{archive}!ETL8G/ETL8G_01" in _refused(archive)
+
+
+def test_etl9g_name_alone_is_refused(tmp_path, make_records):
+    """By name, whatever the file holds: AIST's ETL9G_nn files, a folder or a zip of them."""
+    rec = make_records(tmp_path / "ETL9G", "ETL9G_01", jis=[A, I], sheet=1)
+    assert str(rec["path"]) in _refused(rec["path"])
+    make_records(tmp_path / "ETL9G", "ETL9G_02", jis=[A, I], sheet=2)
+    (tmp_path / "ETL9G" / "ETL9INFO").write_text("info")
+    msg = _refused(tmp_path / "ETL9G")
+    assert str(tmp_path / "ETL9G") in msg and "ETL9G_01" in msg
+    archive = _zip_with(tmp_path / "ETL9G.zip", {"ETL9G/ETL9G_01": rec["path"].read_bytes()})
+    assert str(archive) in _refused(archive)
+
+
+def test_etl8g_with_blank_corners_or_unused_bytes_set_is_accepted(tmp_path):
+    """What the content check must not refuse: blank top-left corners everywhere (common in
+    ETL8G), with ink bottom right; or unused bytes that are not zero (a file that says nothing
+    about its layout through them is read as ETL8G, as before)."""
+    images = edge_ink_images(4)
+    images[:, 0, :8] = 0  # ETL8G's bytes 61–64: zero in every record
+    raw = pack_records(images, [A, I, U, KA], [1] * 4)
+    path = tmp_path / "ETL8G_01"
+    path.write_bytes(raw)
+    np.testing.assert_array_equal(read_etl8g(path).images, images)
+    junk = np.frombuffer(raw, dtype=np.uint8).reshape(4, RECORD_SIZE).copy()
+    junk[:, 8188:] = 0x40  # every unused byte at the end set
+    path.write_bytes(junk.tobytes())
+    np.testing.assert_array_equal(read_etl8g(path).images, images)
+
+
+def test_real_handwriting_laid_out_as_etl9g_is_recognised(etl_dev):
+    """The etl-dev files (ETL8G layout) are accepted; the same records with their images moved
+    to ETL9G's place are recognised, even ETL8B2's binarised ones (in memory only)."""
+    for name in ("etl8b2-46", "etl4c-46"):
+        for path in sorted(etl_dev_set(etl_dev, name).glob("ETL8G_*")):
+            raw = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_SIZE)
+            assert not has_etl9g_layout(raw)
+            moved = np.zeros_like(raw)
+            moved[:, :30] = raw[:, :30]
+            moved[:, ETL9G.image_offset : ETL9G.image_end] = raw[:, ETL8G.image_offset : ETL8G.image_end]
+            assert has_etl9g_layout(moved)
+
+
+# ---------------------------------------------------------------- corrupt compressed member
+
+
+def test_zip_member_with_corrupt_deflate_stream(tmp_path, make_records):
+    """A corrupt compressed stream ends in zlib.error inside zipfile (before any CRC check)."""
+    first = make_records(tmp_path / "src", "ETL8G_01", jis=[A, I, U], sheet=1, seed=1)
+    second = make_records(tmp_path / "src", "ETL8G_02", jis=[KA, A, I], sheet=2, seed=2)
+    archive = _zip_with(tmp_path / "ETL8G.zip", {"ETL8G/ETL8G_01": first["path"].read_bytes(),
+                                                 "ETL8G/ETL8G_02": second["path"].read_bytes()})
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("ETL8G/ETL8G_02")
+    data = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)  # local header: 30 B
+    # Bits 1–2 of a deflate stream are its first block's type; 11 is invalid (RFC 1951, 3.2.3).
+    # Headers and CRC stay intact, so the first member reads fine and the second fails in zlib.
+    data[start] |= 0b110
+    archive.write_bytes(bytes(data))
+    with pytest.raises(EtlFormatError) as err:
+        read_etl8g(archive)
+    assert isinstance(err.value.__cause__, zlib.error)
+    msg = str(err.value)
+    assert msg.startswith(f"{archive}!ETL8G/ETL8G_02: ") and "download ETL8G.zip again" in msg
+    assert "\n" not in msg

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torchvision.datasets import VisionDataset
 
-from maist.data.cache import cached_arrays
+from maist.data.cache import cached_arrays, check_arrays
 from maist.data.etl import EtlFormatError, read_etl8g
 from maist.data.kana import class_set as get_class_set
 from maist.data.preprocess import Preprocess, etl_levels_to_float
@@ -24,6 +24,24 @@ def sample_root() -> Path:
     from maist.data.sample import SAMPLE_ZIP
 
     return SAMPLE_ZIP
+
+
+# What load_arrays returns (and caches): one entry per record, with its dimensions ...
+PER_RECORD = {"images": 3, "labels": 1, "writers": 1, "jis": 1}
+# ... and counts for the whole root.
+COUNTS = ("skipped", "duplicates")
+
+
+def check_loaded(arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with arrays read back from the cache, or None."""
+    if problem := check_arrays(arrays, PER_RECORD, COUNTS):
+        return problem
+    if arrays["images"].dtype != np.float32:
+        return f"images are {arrays['images'].dtype}, not float32"
+    for key in ("labels", "writers", "jis", *COUNTS):
+        if arrays[key].dtype.kind not in "iu":
+            return f"{key} are {arrays[key].dtype}, not integers"
+    return None
 
 
 def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) -> dict[str, np.ndarray]:
@@ -43,17 +61,23 @@ def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) ->
         labels = np.array([cs.jis_to_label[int(j)] for j in recs.jis], dtype=np.int64)
         images = preprocess(etl_levels_to_float(recs.images)).numpy()
         return {"images": images, "labels": labels, "writers": recs.sheet.astype(np.int64),
-                "jis": recs.jis, "skipped": np.array(recs.skipped)}
+                "jis": recs.jis, "skipped": np.array(recs.skipped),
+                "duplicates": np.array(recs.duplicates)}
 
     params = {"class_set": class_set, "preprocess": preprocess.as_dict()}
-    return cached_arrays(root, params, compute, cache_dir)
+    arrays = cached_arrays(root, params, compute, cache_dir, validate=check_loaded)
+    if duplicates := int(arrays["duplicates"]):
+        log.warning("%s: dropped %s duplicate records (the same 8,199 bytes read twice: a copied "
+                    "file?); each is kept once", root, f"{duplicates:,}")
+    return arrays
 
 
 class EtlHiragana(VisionDataset):
     """Hiragana from ETL8G records, preprocessed and held in memory.
 
     ``data`` is (N, 1, S, S) float in [0, 1], ink bright; ``targets`` are labels into
-    ``classes``; ``writers`` are the sheet numbers (one per writer).
+    ``classes``; ``writers`` are the sheet numbers (one per writer). ``skipped`` counts the
+    records outside the class set, ``duplicates`` those dropped as copies of an earlier one.
     """
 
     def __init__(
@@ -77,6 +101,7 @@ class EtlHiragana(VisionDataset):
         self.targets = torch.from_numpy(arrays["labels"])
         self.writers = torch.from_numpy(arrays["writers"])
         self.skipped = int(arrays["skipped"])
+        self.duplicates = int(arrays["duplicates"])
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from maist.errors import ConfigError
+
 JIS_HIRAGANA_FIRST = 0x2421  # ぁ
 JIS_HIRAGANA_LAST = 0x2473  # ん
 UNICODE_HIRAGANA_FIRST = 0x3041  # ぁ
@@ -92,6 +94,6 @@ def class_set(name: str) -> ClassSet:
     try:
         return _BUILDERS[name]()
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown class set {name!r}; choose one of {', '.join(CLASS_SET_NAMES)}"
         ) from None
