@@ -1,9 +1,12 @@
 """Train and test one model: `python train.py model=cnn schedule=stepped` (see conf/)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from maist.config import register_resolvers
+from maist.errors import user_error
 from maist.run import optimized_value, run_or_report
 
 register_resolvers()
@@ -11,7 +14,14 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return optimized_value(cfg, run_or_report(cfg))
+    try:
+        return optimized_value(cfg, run_or_report(cfg))
+    except Exception as err:
+        problem = user_error(err)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)  # bad input: one line, not a traceback
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ training images' ink-to-frame ratio (how prediction frames a user's picture), so
 from __future__ import annotations
 
 import logging
+import math
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -17,9 +19,22 @@ from omegaconf import Container, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from maist.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 REDUCTIONS = ("sum", "mean")
+
+
+def check_optimizer(optimizer) -> None:
+    """Fail early, in one line, on a learning rate that cannot train (negative, zero, not a number)."""
+    lr = (optimizer or {}).get("lr", 1e-3)
+    try:
+        ok = math.isfinite(float(lr)) and float(lr) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"model.optimizer.lr={lr!r}: must be a finite number > 0")
 
 
 def _plain(cfg):
@@ -39,10 +54,12 @@ class MaistModule(L.LightningModule):
         class_set: str = "hiragana71",
         preprocess: dict | None = None,
         ink_ratio: float | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         if loss_reduction not in REDUCTIONS:
-            raise ValueError(f"model.loss_reduction must be one of {REDUCTIONS}, got {loss_reduction!r}")
+            raise ConfigError(f"model.loss_reduction={loss_reduction!r}: must be one of {', '.join(REDUCTIONS)}")
+        check_optimizer(optimizer)
         self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.classes = list(classes or [])
         self.net = instantiate(self.hparams.net)
@@ -59,6 +76,16 @@ class MaistModule(L.LightningModule):
 
     def forward(self, x):
         return self.net(x)
+
+    def step_seed(self, step: int) -> int:
+        """The seed of training step ``step`` on this process: a function of (seed, step, rank)."""
+        state = np.random.SeedSequence([self.hparams.seed, step, self.global_rank]).generate_state(1, np.uint64)[0]
+        return int(state >> np.uint64(1))
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # Dropout masks and augmentation draw from torch's global generator, seeded afresh each
+        # step: a resumed run repeats an uninterrupted one exactly, and every rank draws its own.
+        torch.manual_seed(self.step_seed(self.global_step))
 
     def loss(self, logits, y):
         return F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction,

@@ -19,31 +19,18 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from maist.checkpoint import load_module
+from maist.cli import EXIT_USAGE, cli, float_option, int_option, parse_cli
 from maist.data.preprocess import Preprocess
+from maist.errors import CheckpointError, UsageError
 from maist.images import INK_FRAME_RATIO, ImageError, decode_image, list_images, load_image, to_model_input
 
-__all__ = ["Predictor", "CheckpointError", "UsageError", "parse_cli", "cli", "main"]
-
-EXIT_USAGE = 2
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or cannot be used; the message names it."""
-
-
-class UsageError(ValueError):
-    """Bad command-line arguments."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
+__all__ = ["Predictor", "CheckpointError", "UsageError", "parse_cli", "cli", "predictor_from_cli", "main"]
 
 class Predictor:
     """A trained network with its class list and its training preprocessing, in eval mode on CPU.
@@ -71,35 +58,18 @@ class Predictor:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, ink_ratio: float | None = None) -> "Predictor":
-        """Rebuild the model of a MAIST Lightning checkpoint (``best.ckpt``/``last.ckpt``) on CPU.
-        ``ink_ratio`` defaults to the one measured on the checkpoint's training images. Raises :class:`CheckpointError` with a one-line reason when it cannot."""
-        from maist.module import MaistModule
-
-        p = Path(str(path)).expanduser()
-        if not str(path):
-            raise CheckpointError("no checkpoint given: pass ckpt_path=…/checkpoints/best.ckpt")
-        if not p.exists():
-            raise CheckpointError(f"{p}: no such checkpoint (pass ckpt_path=…/checkpoints/best.ckpt)")
-        if not p.is_file():
-            raise CheckpointError(f"{p}: not a file (pass ckpt_path=…/checkpoints/best.ckpt)")
+        """Rebuild the model of a MAIST checkpoint (``best.ckpt``/``last.ckpt``) on CPU, read safely
+        (:mod:`maist.checkpoint`). ``ink_ratio`` defaults to the one measured on the checkpoint's
+        training images. Raises :class:`CheckpointError` with a one-line reason when it cannot."""
+        module, ckpt = load_module(path)
+        hp = ckpt["hyper_parameters"]
         try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as err:  # truncated, foreign or corrupt: pickle, zip and torch all raise
-            raise CheckpointError(f"{p}: not a readable checkpoint ({_first_line(err)})") from err
-        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-        if not isinstance(hp, dict) or "net" not in hp or "state_dict" not in ckpt:
-            raise CheckpointError(f"{p}: not a MAIST checkpoint (no model hyper-parameters or weights)")
-        if not hp.get("preprocess"):
-            raise CheckpointError(f"{p}: the checkpoint does not record its preprocessing; retrain it with "
-                                  "this version of MAIST")
-        try:
-            module = MaistModule.load_from_checkpoint(p, map_location="cpu")
             pre = Preprocess(**dict(hp["preprocess"]))
-        except Exception as err:
-            raise CheckpointError(f"{p}: cannot rebuild the model ({_first_line(err)})") from err
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its preprocessing settings are not valid ({err})") from None
         if ink_ratio is None:
             ink_ratio = hp.get("ink_ratio") or INK_FRAME_RATIO
-        return cls(module.net, hp.get("classes") or [], pre.as_dict(), ink_ratio, str(p))
+        return cls(module.net, hp.get("classes") or [], pre.as_dict(), ink_ratio, str(Path(path).expanduser()))
 
     def _num_outputs(self) -> int:
         last = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
@@ -177,58 +147,15 @@ class Predictor:
 
 
 # ---------------------------------------------------------------------- command line
-def parse_cli(argv: Sequence[str], defaults: dict[str, Any], usage: str) -> dict:
-    """``key=value`` arguments (Hydra-style, parsed by OmegaConf) over ``defaults``. Unknown
-    keys and malformed arguments raise :class:`UsageError`."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    argv = list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(usage)
-        raise SystemExit(0)
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise UsageError(f"arguments are key=value, got {bad[0]!r}. Usage:\n{usage}")
-    try:
-        given = OmegaConf.to_container(OmegaConf.from_dotlist(argv), resolve=True)
-    except (OmegaConfBaseException, ValueError) as err:
-        raise UsageError(f"cannot parse the arguments ({_first_line(err)})") from err
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise UsageError(f"unknown argument {unknown[0]}= (known: {', '.join(sorted(defaults))})")
-    return {**defaults, **given}
-
-
-def cli(main_fn: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
-    """Wrap a command's main: expected failures (bad checkpoint, picture, arguments) become one
-    line on stderr and exit code 2, never a traceback."""
-
-    def run(argv: list[str] | None = None) -> int:
-        try:
-            return main_fn(sys.argv[1:] if argv is None else list(argv))
-        except (CheckpointError, ImageError, UsageError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            return 130
-
-    return run
-
-
-def optional_float(value) -> float | None:
-    """A key=value argument that may be unset (null) or a number."""
-    return None if value in (None, "", "null", "None") else float(value)
-
-
 def predictor_from_cli(cfg: dict, usage: str) -> "Predictor":
     """What every command does first: require ``ckpt_path=``, set ``torch_threads=``, and load
     the checkpoint (with ``ink_ratio=`` if given)."""
     if not cfg["ckpt_path"]:
         raise UsageError(f"ckpt_path= is required\n{usage}")
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg["torch_threads"]))
-    return Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=optional_float(cfg.get("ink_ratio")))
+    if cfg.get("torch_threads") is not None:
+        torch.set_num_threads(int_option(cfg, "torch_threads"))
+    ink_ratio = float_option(cfg, "ink_ratio", 0.0, 1.0, optional=True)
+    return Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=ink_ratio)
 
 
 USAGE = """usage: python -m maist.predict ckpt_path=CKPT inputs=[a.png,b.jpg,folder/] [format=table|json] [k=5] [ink_ratio=<the checkpoint's>]
@@ -257,9 +184,9 @@ def main(argv: list[str]) -> int:
     cfg = parse_cli(argv, DEFAULTS, USAGE)
     if cfg["format"] not in ("table", "json"):
         raise UsageError(f"format must be table or json, got {cfg['format']!r}")
+    k = int_option(cfg, "k", minimum=1)
     files = _inputs(cfg)
     predictor = predictor_from_cli(cfg, USAGE)
-    k = int(cfg["k"])
     failed = 0
     if cfg["format"] == "table":
         width = max(len(str(f)) for f in files)

@@ -11,11 +11,15 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from maist.analysis import analyse_test
+from maist.callbacks.checkpoints import LastCheckpoint
+from maist.checkpoint import build_module as checkpoint_module
+from maist.checkpoint import check_resumable, data_spec, read_checkpoint
 from maist.data.etl import write_atomic
-from maist.module import MaistModule
+from maist.errors import ConfigError
+from maist.module import MaistModule, check_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -26,58 +30,70 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
-def _checkpoint_data_spec(ckpt_path: str) -> dict:
-    """The class set and preprocessing a checkpoint was trained with."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint. Pass ckpt_path=…/checkpoints/best.ckpt or last.ckpt.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        hp = ckpt["hyper_parameters"]
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable MAIST checkpoint ({err}).") from err
-    return {"class_set": hp["class_set"], "preprocess": dict(hp["preprocess"])}
-
-
-def _align_data_with_checkpoint(cfg: DictConfig) -> None:
-    """Evaluating a checkpoint: use the class set and preprocessing it was trained with."""
-    spec = _checkpoint_data_spec(cfg.ckpt_path)
-    pre = spec["preprocess"]
+def _align_data_with_checkpoint(cfg: DictConfig, ckpt: dict) -> None:
+    """Evaluating a checkpoint: use the class set, image size and preprocessing it was trained with."""
+    spec = data_spec(ckpt)
     with open_dict(cfg):
         cfg.data.class_set = spec["class_set"]
-        cfg.data.image_size = pre.pop("image_size")
-        cfg.data.preprocess = pre
-    log.info("evaluating %s with its own class set %s and preprocessing %s", cfg.ckpt_path, spec["class_set"], pre)
+        cfg.data.image_size = spec["image_size"]
+        cfg.data.preprocess = spec["preprocess"]
+    log.info("evaluating %s with its own class set %s and preprocessing %s", cfg.ckpt_path, spec["class_set"],
+             spec["preprocess"])
+
+
+def _torch_threads(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"torch_threads={value!r}: must be a whole number ≥ 1 (or null for torch's default)")
+    return value
+
+
+def _read_given_checkpoint(cfg: DictConfig) -> dict | None:
+    """The checkpoint named by ``ckpt_path``, checked before any data is decoded: one to evaluate
+    (``train=false``), or one to resume that must match the configured model and classes."""
+    if not cfg.ckpt_path:
+        if not cfg.train:
+            raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=…/checkpoints/best.ckpt")
+        return None
+    if cfg.train:
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        return check_resumable(cfg.ckpt_path, model_cfg, cfg.data.class_set)
+    ckpt = read_checkpoint(cfg.ckpt_path)
+    _align_data_with_checkpoint(cfg, ckpt)
+    return ckpt
 
 
 def build_module(cfg: DictConfig, datamodule) -> MaistModule:
     return instantiate(cfg.model, classes=datamodule.classes, class_set=datamodule.hparams.class_set,
                        preprocess=datamodule.preprocess.as_dict(), ink_ratio=datamodule.ink_ratio,
-                       _recursive_=False)
+                       seed=cfg.seed, _recursive_=False)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Fit and/or test as configured; writes metrics.json into the run folder and returns it."""
-    out = Path(cfg.paths.output_dir)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    L.seed_everything(cfg.seed, workers=True)
-    if not cfg.train:
-        if not cfg.ckpt_path:
-            raise ValueError("train=false evaluates a checkpoint: pass ckpt_path=…/checkpoints/best.ckpt")
-        _align_data_with_checkpoint(cfg)
+    """Fit and/or test as configured; writes metrics.json into the run folder and returns it.
 
+    Every setting and the checkpoint are checked before the data is decoded."""
+    out = Path(cfg.paths.output_dir)
+    threads = _torch_threads(cfg.get("torch_threads"))
+    if threads:
+        torch.set_num_threads(threads)
+    if cfg.get("test_ckpt", "best") not in TEST_CHECKPOINTS:
+        raise ConfigError(f"test_ckpt={cfg.test_ckpt!r}: must be one of {', '.join(TEST_CHECKPOINTS)}")
+    ckpt = _read_given_checkpoint(cfg)
+    check_optimizer(cfg.model.get("optimizer"))
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule.setup("fit")
 
     metrics: dict = {"task_name": cfg.task_name, "output_dir": str(out)}
     if cfg.train:
         model = build_module(cfg, datamodule)
         started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         metrics["train_seconds"] = round(time.perf_counter() - started, 1)
         metrics["steps"] = trainer.global_step
         if "val/acc_best" in trainer.callback_metrics:
@@ -86,31 +102,42 @@ def run(cfg: DictConfig) -> dict:
         if guard is not None and guard.reason:
             metrics["stopped"] = guard.reason
     else:
-        model = MaistModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
+        model = checkpoint_module(ckpt, cfg.ckpt_path)
 
     if cfg.test:
-        ckpt = _test_checkpoint(cfg, trainer)
-        metrics["tested_checkpoint"] = ckpt or "final weights"
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        tested = trainer.lightning_module
+        tested = _test_checkpoint(cfg, trainer, callbacks)
+        metrics["tested_checkpoint"] = str(tested) if tested else "final weights (no checkpoint callback saved them)"
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=tested if cfg.train else None,
+                               verbose=False, weights_only=True)
+        tested_module = trainer.lightning_module
         metrics.update({k: float(v) for k, v in results[0].items() if not k.startswith("test/acc_class/")})
-        metrics["test/acc_per_class"] = getattr(tested, "per_class_accuracy", {})
+        metrics["test/acc_per_class"] = getattr(tested_module, "per_class_accuracy", {})
         if cfg.get("analyse_test", True):
-            metrics["analysis"] = analyse_test(tested, datamodule, out, loggers, metrics=metrics,
+            metrics["analysis"] = analyse_test(tested_module, datamodule, out, loggers, metrics=metrics,
                                                step=trainer.global_step)
     write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
     _report(metrics, loggers, out)
     return metrics
 
 
-def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+TEST_CHECKPOINTS = ("best", "last")
+
+
+def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, callbacks: list) -> str | None:
+    """The file whose weights ``test`` evaluates: the checkpoint given with ``train=false``, else
+    ``best.ckpt`` or ``last.ckpt`` as ``test_ckpt`` says (``None``: nothing was saved)."""
     if not cfg.train:
-        return None  # the loaded checkpoint's weights are already in the model
-    if cfg.get("test_ckpt", "best") == "best":
+        return str(cfg.ckpt_path)
+    which = cfg.get("test_ckpt", "best")
+    last = next((c.path for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    if which == "best":
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best:
             return best
-        log.warning("no best checkpoint (no validation ran): testing the final weights")
+        log.warning("no best checkpoint (no validation ran): testing the last one")
+    if last is not None and last.is_file():
+        return str(last)
+    log.warning("no last.ckpt (callbacks.last_checkpoint is off): testing the final weights, which are not saved")
     return None
 
 

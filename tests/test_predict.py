@@ -178,21 +178,6 @@ def test_features_are_the_articles_figures(predictor):
         assert name in figs and figs[name].dtype == np.uint8 and figs[name].size > 0
 
 
-def test_missing_and_corrupt_checkpoints_raise_one_clear_error(tmp_path):
-    from maist.predict import CheckpointError, Predictor
-
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
-        Predictor.from_checkpoint(tmp_path / "nope.ckpt")
-    bad = tmp_path / "bad.ckpt"
-    bad.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(CheckpointError, match="bad.ckpt: not a readable checkpoint"):
-        Predictor.from_checkpoint(bad)
-    other = tmp_path / "other.ckpt"
-    torch.save({"weights": torch.zeros(3)}, other)
-    with pytest.raises(CheckpointError, match="not a MAIST checkpoint"):
-        Predictor.from_checkpoint(other)
-
-
 # ---------------------------------------------------------------------- command line
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
@@ -226,7 +211,8 @@ def test_cli_table_and_json(tiny_ckpt, pictures, tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "broken.png" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "no inputs", "unknown key"])
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "no inputs", "unknown key", "k=abc", "k=0", "k=2.5",
+                                     "ink_ratio=5", "ink_ratio=abc", "torch_threads=0"])
 def test_cli_bad_arguments_are_one_line_exit_2(problem, pictures, tmp_path, capsys):
     from maist.predict import main
 
@@ -239,12 +225,18 @@ def test_cli_bad_arguments_are_one_line_exit_2(problem, pictures, tmp_path, caps
         (tmp_path / "empty").mkdir()
     if problem == "unknown key":
         args.append("colour=blue")
+    if "=" in problem:  # a bad option with a good checkpoint
+        args = [f"ckpt_path={tiny_checkpoint()}", f"inputs=[{pictures}]", problem]
     rc = main(args)
     _, err = capsys.readouterr()
     assert rc == 2
-    assert "Traceback" not in err and err.startswith("error: ")
-    assert {"missing": "model.ckpt: no such checkpoint", "corrupt": "model.ckpt: not a readable checkpoint",
-            "no inputs": "no pictures found", "unknown key": "unknown argument colour="}[problem] in err
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1
+    assert {"missing": "model.ckpt: no such checkpoint", "corrupt": "model.ckpt: truncated or damaged",
+            "no inputs": "no pictures found", "unknown key": "unknown argument colour=",
+            "k=abc": "k='abc': give a whole number ≥ 1", "k=0": "k=0: must be at least 1",
+            "k=2.5": "k=2.5: give a whole number", "ink_ratio=5": "ink_ratio=5: must lie in (0, 1]",
+            "ink_ratio=abc": "ink_ratio='abc': give a number", "torch_threads=0": "torch_threads=0: must be at least 1",
+            }[problem] in err
 
 
 def test_python_m_entry_point_exits_2_without_traceback(tmp_path):
@@ -252,7 +244,8 @@ def test_python_m_entry_point_exits_2_without_traceback(tmp_path):
     res = run_cli("maist.predict", f"ckpt_path={tmp_path / 'model.ckpt'}", f"inputs=[{picture}]")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'model.ckpt'}: no such checkpoint (pass ckpt_path=…/checkpoints/best.ckpt)"]
+        f"error: {tmp_path / 'model.ckpt'}: no such checkpoint (pass ckpt_path=…/checkpoints/best.ckpt or last.ckpt "
+        "of a MAIST run)"]
 
 
 # ---------------------------------------------------------------------- python -m maist.visualize

@@ -2,6 +2,7 @@
 process, resume at the same step, and a sweep whose failing job does not stop the others."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,44 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """train/loss at every step, from the CSV logger (``trainer.log_every_n_steps=1``)."""
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def ckpt_step(path: Path) -> int:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+# The article's CNN, 200 steps of 50 on the generated sample (63 batches an epoch), validated
+# every 75 steps (75 and 150: the last validation is not the last step), testing last.ckpt.
+RUN = ("model=cnn", "trainer.max_steps=200", "trainer.val_check_interval=75", "test_ckpt=last",
+       "logger=tensorboard_csv", "trainer.log_every_n_steps=1")
+
+KILLER = """
+import os, signal
+import lightning as L
+
+class KillAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
-    """The article's CNN, 200 steps of 50 on the generated sample, validated every 100 steps."""
     base = tmp_path_factory.mktemp("train")
     run_dir = base / "run"
-    train("model=cnn", "trainer.max_steps=200", "trainer.val_check_interval=100",
-          f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={run_dir}")
+    train(*RUN, f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={run_dir}")
     return base, run_dir
 
 
@@ -47,30 +79,53 @@ def test_short_run_learns_and_writes_its_outputs(sample_run):
         assert (run_dir / path).is_file(), path
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert list((run_dir / "figures").glob("**/*.png"))
+    assert not list((run_dir / "checkpoints").glob(".*tmp")), "a temporary checkpoint was left behind"
+
+
+def test_last_checkpoint_holds_the_final_weights_and_is_what_was_tested(sample_run):
+    _, run_dir = sample_run
+    assert ckpt_step(run_dir / "checkpoints/last.ckpt") == 200  # not the last validation's step, 150
+    assert ckpt_step(run_dir / "checkpoints/best.ckpt") in (75, 150)
+    assert metrics(run_dir)["tested_checkpoint"] == str(run_dir / "checkpoints/last.ckpt")
 
 
 def test_checkpoint_evaluates_the_same_in_a_new_process(sample_run):
     base, run_dir = sample_run
     eval_dir = base / "eval"
-    train("train=false", f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"data.cache_dir={base / 'cache'}",
+    train("train=false", f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}", f"data.cache_dir={base / 'cache'}",
           f"hydra.run.dir={eval_dir}")
     assert metrics(eval_dir)["test/acc"] == pytest.approx(metrics(run_dir)["test/acc"], abs=1e-6)
+    assert metrics(eval_dir)["tested_checkpoint"] == str(run_dir / "checkpoints/last.ckpt")
 
 
-def test_evaluating_a_missing_checkpoint_says_so(tmp_path):
+def test_evaluating_a_missing_checkpoint_says_so_in_one_line(tmp_path):
     proc = train("train=false", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}", check=False)
-    assert proc.returncode != 0
-    assert "nope.ckpt: no such checkpoint" in proc.stderr + proc.stdout
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope.ckpt'}: no such checkpoint")
+    assert "Traceback" not in proc.stderr
 
 
-def test_resume_continues_at_the_same_step(sample_run):
+def test_a_killed_run_resumes_mid_epoch_with_the_same_batches(sample_run, tmp_path):
+    """Killed at step 120: last.ckpt holds step 75 (at most one validation interval lost); resumed
+    from it, the run draws the same batches and dropout masks as the uninterrupted one, so every
+    step's loss from 75 (mid-epoch: batch 12 of epoch 1) to 199 is the same."""
     base, run_dir = sample_run
-    resumed = base / "resumed"
-    proc = train("model=cnn", f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}", "trainer.max_steps=230",
-                 "trainer.val_check_interval=100", "test=false", f"data.cache_dir={base / 'cache'}",
-                 f"hydra.run.dir={resumed}")
-    assert "Restoring states from the checkpoint path" in proc.stderr + proc.stdout
-    assert metrics(resumed)["steps"] == 230
+    (tmp_path / "killer.py").write_text(KILLER)
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "train.py", *RUN, *FAST, "+callbacks.kill._target_=killer.KillAt",
+                           "+callbacks.kill.step=120", f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={killed}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    last = killed / "checkpoints/last.ckpt"
+    assert ckpt_step(last) == 75
+    resumed = tmp_path / "resumed"
+    train(*RUN, f"ckpt_path={last}", "test=false", f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={resumed}")
+    assert metrics(resumed)["steps"] == 200
+    again, original = step_losses(resumed), step_losses(run_dir)
+    assert sorted(again) == list(range(75, 200))
+    for step in again:
+        assert again[step] == pytest.approx(original[step], rel=1e-5), f"step {step}"
 
 
 def test_sweep_reports_a_failing_job_and_runs_the_others(tmp_path):

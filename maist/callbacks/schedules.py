@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from collections.abc import Mapping
 
 import lightning as L
 
+from maist.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
-PARAMS = ("lr", "keep_prob")
+# The parameters a schedule may set, and the range (low, high] of their values.
+PARAMS = {"lr": (0.0, math.inf), "keep_prob": (0.0, 1.0)}
 
 
 class StepTable:
     """A piecewise-constant function of the global step."""
 
-    def __init__(self, values: Mapping[int, float]):
+    def __init__(self, values: Mapping[int, float], name: str = "schedule"):
         if not values:
-            raise ValueError("a step schedule needs at least one (step: value) entry")
-        items = sorted((int(k), float(v)) for k, v in values.items())
+            raise ConfigError(f"{name}: a step schedule needs at least one (step: value) entry")
+        try:
+            items = sorted((int(k), float(v)) for k, v in values.items())
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {dict(values)} must map whole steps to numbers") from None
         if items[0][0] != 0:
-            raise ValueError(f"a step schedule must start at step 0, its first step is {items[0][0]}")
+            raise ConfigError(f"{name}: a step schedule must start at step 0, its first step is {items[0][0]}")
         self.steps = [s for s, _ in items]
         self.values = [v for _, v in items]
 
@@ -43,9 +50,14 @@ class StepSchedule(L.Callback):
 
     def __init__(self, param: str, values: Mapping[int, float]):
         if param not in PARAMS:
-            raise ValueError(f"schedule param must be one of {PARAMS}, got {param!r}")
+            raise ConfigError(f"schedule param must be one of {', '.join(PARAMS)}, got {param!r}")
         self.param = param
-        self.table = StepTable(values)
+        self.table = StepTable(values, name=f"schedule {param}")
+        low, high = PARAMS[param]
+        for step, value in zip(self.table.steps, self.table.values):
+            if not (math.isfinite(value) and low < value <= high):
+                allowed = f"> {low:g}" if math.isinf(high) else f"in ({low:g}, {high:g}]"
+                raise ConfigError(f"schedule {param}: {value:g} at step {step} must be a finite number {allowed}")
         self.current: float | None = None
 
     def apply(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> float:

@@ -11,8 +11,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from maist.data.dataset import EtlHiragana
+from maist.data.kana import class_set as get_class_set
 from maist.data.preprocess import Preprocess
-from maist.data.split import make_split
+from maist.data.split import SPLIT_MODES, make_split
+from maist.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ class BatchIndexSampler:
     """Yields index tensors: ``batch_size`` drawn with replacement each step (the article's
     ``random_index(50)``), or the batches of a fresh permutation each epoch.
 
-    Seeded by (seed, epoch), so a resumed run draws the same batches.
+    An epoch's batches are a function of (``seed``, epoch) alone, drawn at once when the epoch
+    starts; :meth:`resume_at` starts the next epoch part-way, so a run resumed mid-epoch draws
+    exactly the batches an uninterrupted run would have drawn.
     """
 
     def __init__(self, n: int, batch_size: int, replacement: bool, seed: int = 0,
@@ -46,9 +50,14 @@ class BatchIndexSampler:
         self.n, self.batch_size, self.replacement = n, batch_size, replacement
         self.seed, self.shuffle, self.drop_last, self.epoch = seed, shuffle, drop_last, 0
         self.batches_per_epoch = batches_per_epoch or max(1, n // batch_size)
+        self._resume: tuple[int, int] | None = None  # (epoch, first batch) for the next iteration
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, step: int) -> None:
+        """Continue at global batch ``step`` (counted from 0 over epochs of ``len(self)`` batches)."""
+        self._resume = divmod(int(step), len(self))
 
     def __len__(self) -> int:
         if self.replacement:
@@ -56,15 +65,34 @@ class BatchIndexSampler:
         full, rest = divmod(self.n, self.batch_size)
         return full if (self.drop_last and full) else full + bool(rest)
 
+    def _generator(self) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start, self._resume = self._resume[1], None
         if self.replacement:
-            for _ in range(len(self)):
-                yield torch.randint(self.n, (self.batch_size,), generator=gen)
+            draws = torch.randint(self.n, (len(self), self.batch_size), generator=self._generator())
+            yield from draws[start:]
             return
-        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
-        for k in range(len(self)):
+        order = torch.randperm(self.n, generator=self._generator()) if self.shuffle else torch.arange(self.n)
+        for k in range(start, len(self)):
             yield order[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    """A config value that must be a whole number ≥ ``minimum`` (one-line ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name}={value!r}: must be a whole number ≥ {minimum}")
+    return int(value)
+
+
+def _check_fraction(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{name}={value!r}: must be a number in [0, 1)")
+    return float(value)
 
 
 class MaistDataModule(L.LightningDataModule):
@@ -85,10 +113,24 @@ class MaistDataModule(L.LightningDataModule):
         batches_per_epoch: int | None = None,
         num_workers: int = 0,
         cache_dir: str | bool | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         if sampler not in SAMPLERS:
-            raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+            raise ConfigError(f"data.sampler={sampler!r}: must be one of {', '.join(SAMPLERS)}")
+        if split_by not in SPLIT_MODES:
+            raise ConfigError(f"data.split_by={split_by!r}: must be one of {', '.join(SPLIT_MODES)}")
+        for name in ("batch_size", "eval_batch_size", "image_size"):
+            _check_int(f"data.{name}", locals()[name])
+        if batches_per_epoch is not None:
+            _check_int("data.batches_per_epoch", batches_per_epoch)
+        _check_int("data.num_workers", num_workers, minimum=0)
+        _check_int("data.split_seed", split_seed, minimum=0)
+        _check_int("seed", seed, minimum=0)
+        if _check_fraction("data.val_fraction", val_fraction) + _check_fraction("data.test_fraction", test_fraction) >= 1:
+            raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g}: "
+                              "must leave some data for training (below 1)")
+        get_class_set(class_set)  # an unknown name fails here, before any data is read
         self.save_hyperparameters(logger=False)
         self.preprocess = Preprocess(image_size=image_size, **(preprocess or {}))
         self.train_set = self.val_set = self.test_set = None
@@ -127,7 +169,9 @@ class MaistDataModule(L.LightningDataModule):
         h = self.hparams
         n = len(self.train_set)
         sampler = BatchIndexSampler(n, h.batch_size, h.sampler == "with_replacement",
-                                    seed=h.split_seed, batches_per_epoch=h.batches_per_epoch)
+                                    seed=h.seed, batches_per_epoch=h.batches_per_epoch)
+        if self.trainer is not None and self.trainer.global_step:  # resuming: continue where it stopped
+            sampler.resume_at(self.trainer.global_step)
         return self._loader(self.train_set, sampler)
 
     def _eval_loader(self, part) -> DataLoader:
@@ -139,9 +183,6 @@ class MaistDataModule(L.LightningDataModule):
         return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)
-
-    def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)
 
 

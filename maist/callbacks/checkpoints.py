@@ -1,0 +1,57 @@
+"""Checkpoints that are never half-written, and a ``last.ckpt`` that always holds the latest weights.
+
+- :class:`AtomicCheckpointIO` (a trainer plugin) writes every checkpoint to a temporary file in
+  the same folder and renames it into place: a run killed while saving leaves the previous
+  checkpoint intact, never a truncated one.
+- :class:`LastCheckpoint` saves ``last.ckpt`` after every validation (so a killed run loses at
+  most one validation interval) and when training ends (so it holds the final weights of every
+  run, whether or not ``val/acc`` improved: ``best.ckpt`` is Lightning's ``ModelCheckpoint``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``.<name>.tmp`` beside the target, then ``os.replace`` onto it."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        protocol = get_filesystem(str(path)).protocol
+        if "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):  # remote: as Lightning does
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class LastCheckpoint(L.Callback):
+    """Writes ``dirpath/filename`` after every validation during fitting and at the end of fit."""
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+        self._saved_step: int | None = None
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or self._saved_step == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path)  # every rank calls it; rank zero writes
+        self._saved_step = trainer.global_step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer)

@@ -1,0 +1,160 @@
+"""The one place that reads checkpoints: every entry point (evaluation, resuming, predict, the
+page, export, visualize) comes through here.
+
+A checkpoint is data, never code. It is read with ``torch.load(weights_only=True)``, which
+unpickles only tensors and plain containers (a file that asks to call anything is refused), and
+the Hydra ``_target_`` of every part it rebuilds (net, augmentation, optimizer, scheduler) must
+name a MAIST model or a torch optimizer: a checkpoint cannot make ``instantiate`` call an
+arbitrary function either. Whatever is wrong with a file, the error is one
+:class:`~maist.errors.CheckpointError` whose one-line message names it and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maist.errors import CheckpointError, first_line
+
+# The Hydra targets a MAIST checkpoint may name (anything else is refused, never imported).
+ALLOWED_TARGETS = ("maist.models.", "maist.augment.", "torch.optim.")
+# What a MAIST checkpoint's hyper-parameters must hold to rebuild the model and its inputs.
+REQUIRED_HPARAMS = ("net", "optimizer", "classes", "class_set", "preprocess")
+MAX_BYTES = 2 * 1024**3  # a MAIST model is a few MB; refuse to read anything this large
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+_PICKLE_MAGIC = b"\x80"  # torch.save's legacy format (a pickle)
+_HINT = "pass ckpt_path=…/checkpoints/best.ckpt or last.ckpt of a MAIST run"
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint ({_HINT})")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: not a file ({_HINT})")
+    size = p.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{p}: the file is empty (an interrupted copy?); {_HINT}")
+    if size > MAX_BYTES:
+        raise CheckpointError(f"{p}: {size / 1e9:.1f} GB is far larger than any MAIST checkpoint; not read")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        kind = "a text file" if head.isascii() and all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "unknown bytes"
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint (it starts with {head!r}: {kind}); {_HINT}")
+
+
+def _unsafe_global(err: BaseException) -> str | None:
+    """The global a refused pickle asked for (``posix.system``), if that is why loading failed."""
+    m = re.search(r"(?:Unsupported global|GLOBAL|global)[:\s]+([\w.]+)", str(err))
+    if m:
+        return m.group(1)
+    return "a function call" if "Weights only load failed" in str(err) else None
+
+
+def _targets(tree: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every (key path, ``_target_``) in a nested dict/list."""
+    found = []
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == "_target_":
+                found.append((where or "(top)", str(v)))
+            else:
+                found += _targets(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            found += _targets(v, f"{where}[{i}]")
+    return found
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A MAIST checkpoint's contents (tensors and plain values only), checked to rebuild safely.
+
+    Raises :class:`CheckpointError` for a missing, empty, truncated, text or foreign file, a bare
+    ``state_dict``, another project's Lightning checkpoint, and one that would run code.
+    """
+    if not str(path):
+        raise CheckpointError(f"no checkpoint given: {_HINT}")
+    p = Path(path).expanduser()
+    _check_file(p)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        what = _unsafe_global(err)
+        if what:
+            raise CheckpointError(f"{p}: refused: loading it would run code ({what}); a MAIST checkpoint holds "
+                                  "only weights and settings. Use a checkpoint you trained yourself") from None
+        raise CheckpointError(f"{p}: damaged or not a checkpoint ({first_line(err)}); {_HINT}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"{p}: truncated or damaged ({first_line(err)}): the save was interrupted or the "
+                              f"copy is incomplete; {_HINT}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{p}: holds a {type(ckpt).__name__}, not a MAIST checkpoint; {_HINT}")
+    if "state_dict" not in ckpt:
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise CheckpointError(f"{p}: bare weights (a state_dict) without the model's settings; MAIST needs the "
+                                  "checkpoint that training wrote (checkpoints/best.ckpt or last.ckpt)")
+        raise CheckpointError(f"{p}: not a MAIST checkpoint (no weights); {_HINT}")
+    hp = ckpt.get("hyper_parameters")
+    missing = [k for k in REQUIRED_HPARAMS if not isinstance(hp, dict) or k not in hp]
+    if missing:
+        origin = "a Lightning checkpoint of another project" if "pytorch-lightning_version" in ckpt else "not a MAIST checkpoint"
+        raise CheckpointError(f"{p}: {origin} (no MAIST model settings: {', '.join(missing)}); {_HINT}")
+    for where, target in _targets(hp):
+        if not target.startswith(ALLOWED_TARGETS):
+            raise CheckpointError(f"{p}: refused: {where} names {target!r}, which is not a MAIST model or a torch "
+                                  "optimizer; a MAIST checkpoint cannot make MAIST call other code")
+    return ckpt
+
+
+def build_module(ckpt: dict, path: str | os.PathLike = "checkpoint"):
+    """The :class:`~maist.module.MaistModule` of a checkpoint read by :func:`read_checkpoint`,
+    with its weights, on CPU, in eval mode."""
+    from maist.module import MaistModule
+
+    try:
+        module = MaistModule(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as err:  # a state_dict that does not fit the network it describes
+        raise CheckpointError(f"{path}: cannot rebuild the model ({first_line(err)})") from None
+    return module.eval()
+
+
+def load_module(path: str | os.PathLike):
+    """Read ``path`` safely and rebuild its model: ``(module, checkpoint dict)``."""
+    ckpt = read_checkpoint(path)
+    return build_module(ckpt, path), ckpt
+
+
+def data_spec(ckpt: dict) -> dict:
+    """The class set, image size and preprocessing a checkpoint was trained with."""
+    pre = dict(ckpt["hyper_parameters"]["preprocess"])
+    return {"class_set": ckpt["hyper_parameters"]["class_set"], "image_size": pre.pop("image_size"),
+            "preprocess": pre}
+
+
+def check_resumable(path: str | os.PathLike, model_cfg: dict, class_set: str) -> dict:
+    """Read ``path`` for resuming a run configured with ``model_cfg`` (the ``model`` config group)
+    and ``class_set``: the network and the classes must be the same as when it was saved."""
+    ckpt = read_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    saved, wanted = hp["net"], dict(model_cfg.get("net") or {})
+    if saved.get("_target_") != wanted.get("_target_"):
+        raise CheckpointError(f"{path}: a checkpoint of {saved.get('_target_')}, but this run configures "
+                              f"{wanted.get('_target_')}: resume with the model it was trained with, or drop ckpt_path")
+    diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} saved, {wanted.get(k)!r} now" for k in diff[:3])
+        raise CheckpointError(f"{path}: saved with another network ({shown}): resume with the same model settings")
+    if hp["class_set"] != class_set:
+        raise CheckpointError(f"{path}: trained on class set {hp['class_set']!r}, this run uses {class_set!r}: "
+                              "resume with the same data.class_set")
+    if "loops" not in ckpt or "optimizer_states" not in ckpt:
+        raise CheckpointError(f"{path}: holds weights only (no optimizer or loop state), so training cannot resume "
+                              "from it; evaluate it with train=false, or start a new run")
+    return ckpt

@@ -1,0 +1,147 @@
+"""Checkpoints are data, never code: every entry point reads them through maist.checkpoint, and
+every kind of bad file is one line naming it (exit code 2 from the commands)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maist.checkpoint import check_resumable, load_module, read_checkpoint
+from maist.errors import CheckpointError
+from tests.test_predict import tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def malicious(tmp_path) -> tuple[Path, Path]:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": RunsCode(marker)}}, path)
+    return path, marker
+
+
+def test_a_real_checkpoint_loads_with_the_safe_loader():
+    module, ckpt = load_module(tiny_checkpoint())
+    assert not module.training and ckpt["hyper_parameters"]["classes"][0] == "あ"
+    x = torch.zeros(2, 1, 28, 28)
+    assert module(x).shape == (2, 12)
+
+
+def test_a_checkpoint_that_runs_code_is_refused_and_runs_nothing(malicious):
+    path, marker = malicious
+    with pytest.raises(CheckpointError, match=r"evil.ckpt: refused: loading it would run code \(.*system\)"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_hydra_target_outside_maist_is_refused(tmp_path):
+    ckpt = torch.load(tiny_checkpoint(), weights_only=True)
+    ckpt["hyper_parameters"]["net"] = {"_target_": "os.system", "command": f"touch {tmp_path / 'pwned'}"}
+    path = tmp_path / "target.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"target.ckpt: refused: net names 'os.system'"):
+        load_module(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name → (file, what its one-line error says)."""
+    real = Path(tiny_checkpoint()).read_bytes()
+    files = {
+        "missing": (tmp_path / "missing.ckpt", None, "no such checkpoint"),
+        "empty": (tmp_path / "empty.ckpt", b"", "the file is empty"),
+        "truncated": (tmp_path / "truncated.ckpt", real[: len(real) // 2], "truncated or damaged"),
+        "text": (tmp_path / "notes.ckpt", b"these are my notes\n", "not a PyTorch checkpoint .* a text file"),
+    }
+    out = {}
+    for name, (path, data, message) in files.items():
+        if data is not None:
+            path.write_bytes(data)
+        out[name] = (path, message)
+    bare = tmp_path / "bare.ckpt"
+    torch.save(torch.load(tiny_checkpoint(), weights_only=True)["state_dict"], bare)
+    out["bare state_dict"] = (bare, "bare weights \\(a state_dict\\)")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "pytorch-lightning_version": "2.6.0",
+                "hyper_parameters": {"hidden": 128}}, foreign)
+    out["another project"] = (foreign, "a Lightning checkpoint of another project")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "text", "bare state_dict", "another project"])
+def test_every_bad_file_is_one_error_that_names_it(tmp_path, kind):
+    path, message = bad_files(tmp_path)[kind]
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_module(path)
+    text = str(info.value)
+    assert text.startswith(str(path)) and "\n" not in text
+
+
+def test_resuming_needs_the_same_model_and_a_full_training_state(tmp_path):
+    ckpt = tiny_checkpoint()
+    net = torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]
+    with pytest.raises(CheckpointError, match="a checkpoint of maist.models.DeepMnistCNN, but this run configures "
+                                              "maist.models.LinearSoftmax"):
+        check_resumable(ckpt, {"net": {"_target_": "maist.models.LinearSoftmax"}}, "hiragana71")
+    with pytest.raises(CheckpointError, match="saved with another network \\(hidden: 64 saved, 1024 now\\)"):
+        check_resumable(ckpt, {"net": {**net, "hidden": 1024}}, "hiragana71")
+    with pytest.raises(CheckpointError, match="class set 'hiragana71', this run uses 'hiragana75'"):
+        check_resumable(ckpt, {"net": net}, "hiragana75")
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        check_resumable(ckpt, {"net": net}, "hiragana71")
+
+
+def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+
+
+def entry_points(ckpt: Path, tmp_path: Path) -> dict[str, list[str]]:
+    picture = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("L", (64, 64), 255).save(picture)
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    return {
+        "predict": ["-m", "maist.predict", f"ckpt_path={ckpt}", f"inputs=[{picture}]"],
+        "serve": ["-m", "maist.serve", f"ckpt_path={ckpt}", "port=0"],
+        "visualize": ["-m", "maist.visualize", f"ckpt_path={ckpt}", f"input={picture}", f"out={tmp_path / 'viz'}"],
+        "export": ["-m", "maist.export", f"ckpt_path={ckpt}", f"out={tmp_path / 'm.onnx'}"],
+        "evaluate": ["train.py", "train=false", f"ckpt_path={ckpt}", cache, f"hydra.run.dir={tmp_path / 'eval'}"],
+        "resume": ["train.py", f"ckpt_path={ckpt}", cache, f"hydra.run.dir={tmp_path / 'resume'}"],
+    }
+
+
+@pytest.mark.parametrize("entry", ["predict", "serve", "visualize", "export", "evaluate", "resume"])
+def test_no_entry_point_runs_a_malicious_checkpoint(malicious, tmp_path, entry):
+    path, marker = malicious
+    proc = run(*entry_points(path, tmp_path)[entry])
+    assert not marker.exists(), f"{entry} ran the checkpoint's code"
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {path}: refused") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists(), "the data was decoded before the checkpoint was checked"
+
+
+def test_resuming_another_model_fails_before_the_data_is_decoded(tmp_path):
+    proc = run("train.py", "model=linear", f"ckpt_path={tiny_checkpoint()}", f"data.cache_dir={tmp_path / 'cache'}",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert "but this run configures maist.models.LinearSoftmax" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "cache").exists()
