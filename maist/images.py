@@ -4,7 +4,9 @@ A user's picture is not an ETL scan: dark ink on light paper (or a canvas), any 
 maybe photographed under uneven light. :func:`normalize_ink` turns it into what an ETL8G record
 looks like *before* the training preprocessing, in explicit steps:
 
-1. grey, in [0, 1] (:func:`load_image`: EXIF rotation applied, transparency laid on white paper);
+1. grey, in [0, 1] (:func:`load_image`: EXIF rotation applied; transparency laid on paper that
+   contrasts with the strokes, white behind dark ones, black behind light ones, then made light;
+   pictures over :data:`MAX_PIXELS` refused from their header, before any pixel is decoded);
 2. ink bright: inverted when the background (the median of a border strip) is the light side;
 3. background removed: a smooth estimate of the paper (a grey opening of a small copy, so
    strokes drop out and uneven light stays) is subtracted, then ink stretched to 1;
@@ -35,7 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from maist.data.preprocess import Preprocess
 
 __all__ = [
-    "INK_FRAME_RATIO", "FRAME_SIZE", "IMAGE_SUFFIXES", "ImageError", "NoInkError",
+    "INK_FRAME_RATIO", "FRAME_SIZE", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "NoInkError", "ImageTooLargeError",
     "load_image", "decode_image", "normalize_ink", "to_model_input", "list_images",
 ]
 
@@ -56,7 +58,11 @@ BBOX_TRIM = 0.003  # fraction of ink mass ignored on each side of the bounding b
 SPECK_FRACTION = 0.01  # blobs with less of the ink than this are dust (a dakuten dot has ≥ 3 %)
 BODY_FRACTION = 0.05  # blobs with at least this much of the ink make the character's body …
 NEAR_FRACTION = 0.15  # … and smaller blobs further than this (of its size) from it are dust
-MAX_PIXELS = 64_000_000  # refuse larger pictures (decompression bombs)
+# Larger pictures are refused from their header, before decoding: 4096² (16.8 megapixels) holds a
+# drawing or a 12-MP phone photo and costs at most ~0.2 GB to decode; a few-KB PNG can claim far
+# more (64 megapixels took 0.8 GB), and Pillow's own guard only starts at 89 megapixels.
+MAX_PIXELS = 4096 * 4096
+EXIF_ORIENTATION = 0x0112
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
@@ -68,31 +74,59 @@ class NoInkError(ImageError):
     """A readable picture with nothing drawn on it."""
 
 
+class ImageTooLargeError(ImageError):
+    """A picture with more than :data:`MAX_PIXELS` pixels (refused before decoding)."""
+
+
 # ---------------------------------------------------------------------- reading
+def _upright(img: Image.Image) -> Image.Image:
+    """EXIF rotation applied (a copy only when there is one to apply: pictures can be large)."""
+    return ImageOps.exif_transpose(img) if img.getexif().get(EXIF_ORIENTATION, 1) != 1 else img
+
+
 def _to_grey(img: Image.Image) -> np.ndarray:
-    img = ImageOps.exif_transpose(img)
+    img = _upright(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         return ((a - lo) / ((hi - lo) or 1.0)).astype(np.float32)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(paper, rgba)  # transparent = white paper
+    if img.has_transparency_data:
+        return _transparent_to_grey(img)
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
-def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
-    """Encoded bytes (PNG, JPEG, …) → (H, W) float32 grey in [0, 1], as seen (paper light)."""
-    if not data:
-        raise ImageError(f"{name}: empty, no image data")
+def _light_strokes(grey: Image.Image, alpha: Image.Image) -> bool:
+    """Whether the drawn (at least half opaque) pixels are light on average: white ink."""
+    hist = grey.histogram(mask=alpha.point(lambda v: 255 if v >= 128 else 0))
+    drawn = sum(hist)
+    return drawn > 0 and sum(level * n for level, n in enumerate(hist)) / drawn > 127.5
+
+
+def _transparent_to_grey(img: Image.Image) -> np.ndarray:
+    """Lay a picture with transparency on paper that contrasts with its strokes (white behind dark
+    strokes, black behind light ones, so white ink on a transparent canvas is not lost), and
+    return it paper light: white and black strokes of one shape give the same picture."""
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+    grey, alpha = rgba.convert("L"), rgba.getchannel("A")
+    del rgba
+    light = _light_strokes(grey, alpha)
+    seen = Image.composite(grey, Image.new("L", grey.size, 0 if light else 255), alpha)
+    return np.asarray(ImageOps.invert(seen) if light else seen, dtype=np.float32) / 255.0
+
+
+def _check_size(img: Image.Image, name: str) -> None:
+    if img.width * img.height > MAX_PIXELS:
+        raise ImageTooLargeError(f"{name}: {img.width}×{img.height} pixels is too large (at most "
+                                 f"{MAX_PIXELS / 1e6:.1f} megapixels; shrink it first)")
+
+
+def _decode(source, name: str) -> np.ndarray:
+    """Open ``source`` (a path or a file object), check its size from the header, then decode."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{name}: {img.width}×{img.height} pixels is too large "
-                                     f"(at most {MAX_PIXELS:,})")
+            with Image.open(source) as img:
+                _check_size(img, name)  # from the header: no pixel is decoded yet
                 img.load()
                 return _to_grey(img)
     except ImageError:
@@ -105,26 +139,50 @@ def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
                          f"{str(err).splitlines()[0] if str(err) else 'corrupt data'})") from err
 
 
+def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
+    """Encoded bytes (PNG, JPEG, …) → (H, W) float32 grey in [0, 1], as seen (paper light).
+    Raises :class:`ImageTooLargeError` beyond :data:`MAX_PIXELS`, :class:`ImageError` otherwise."""
+    if not data:
+        raise ImageError(f"{name}: empty, no image data")
+    return _decode(io.BytesIO(data), name)
+
+
+def _dangling(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """A picture file → (H, W) float32 grey in [0, 1], as seen (paper light, ink dark)."""
+    """A picture file → (H, W) float32 grey in [0, 1], as seen (paper light, ink dark). The file
+    is read lazily: one over :data:`MAX_PIXELS` is refused from its header."""
     path = Path(path)
+    if _dangling(path):
+        raise ImageError(f"{path}: a dangling link (its target {os.readlink(path)} does not exist)")
     if not path.is_file():
         raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
-        data = path.read_bytes()
+        empty = path.stat().st_size == 0
     except OSError as err:
         raise ImageError(f"{path}: cannot be read ({err.strerror or err})") from err
-    return decode_image(data, str(path))
+    if empty:
+        raise ImageError(f"{path}: empty, no image data")
+    return _decode(path, str(path))
+
+
+def _is_listed(path: Path) -> bool:
+    """A folder's entry that is a picture: by suffix, a file or a dangling link (which is then
+    reported when loaded, not silently skipped)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or _dangling(path))
 
 
 def list_images(paths) -> list[Path]:
     """Files and folders → picture files: a folder gives its pictures (recursively, sorted by
-    path; by suffix in :data:`IMAGE_SUFFIXES`), a file is kept whatever its suffix."""
+    path; by suffix in :data:`IMAGE_SUFFIXES`, dangling links included so that loading them
+    reports them), a file is kept whatever its suffix."""
     out: list[Path] = []
     for p in paths:
         p = Path(str(p)).expanduser()
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(sorted(q for q in p.rglob("*") if _is_listed(q)))
         else:
             out.append(p)
     return out

@@ -155,3 +155,118 @@ def test_top1_is_stable_under_placement_scale_polarity_and_noise(char):
     variants = _perturbations(pic, rng)
     tops = dict(zip(variants, (t[0][0] for t in predictor.top_k(list(variants.values())))))
     assert all(t == clean for t in tops.values()), f"clean {clean}: {tops}"
+
+
+# ---------------------------------------------------------------------- transparency, links, size
+def _stroke_rgba(levels: np.ndarray, colour: int, bg: tuple = (0, 0, 0, 0)) -> bytes:
+    """A record's ink as a stroke of one ``colour`` on a transparent canvas: the ink is the alpha."""
+    rgba = np.zeros(levels.shape + (4,), np.uint8)
+    rgba[...] = bg
+    drawn = levels > 0
+    rgba[drawn, :3] = colour
+    rgba[drawn, 3] = np.round(255 * levels[drawn].astype(np.float32) / 15).astype(np.uint8)
+    return _png(rgba)
+
+
+@pytest.mark.parametrize("bg", [(0, 0, 0, 0), (255, 255, 255, 0)], ids=["black-transparent", "white-transparent"])
+def test_white_strokes_on_transparent_read_like_black_ones(bg):
+    """The ink of a transparent canvas is its alpha: white strokes (a dark-theme canvas) read as the
+    same drawing as black strokes, whatever colour the transparent pixels hold."""
+    levels = held_out("の")
+    black = normalize_ink(decode_image(_stroke_rgba(levels, 0, bg)))
+    white = normalize_ink(decode_image(_stroke_rgba(levels, 255, bg)))
+    opaque = normalize_ink(paper_picture(levels))
+    assert np.abs(white - black).mean() < 0.01
+    assert np.abs(black - opaque).mean() < 0.03
+    pre = {"image_size": 28}
+    assert torch.allclose(to_model_input(decode_image(_stroke_rgba(levels, 255, bg)), pre),
+                          to_model_input(decode_image(_stroke_rgba(levels, 0, bg)), pre), atol=0.05)
+
+
+def test_white_stroke_on_transparent_is_dark_on_light_paper():
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[10:30, 20:24] = (255, 255, 255, 255)  # white ink, transparent elsewhere
+    g = decode_image(_png(rgba))
+    assert g[0, 0] == 1.0 and g[20, 21] == 0.0  # as seen on contrasting paper, then paper light
+
+
+def test_dangling_link_in_a_folder_is_reported(tmp_path):
+    from maist.images import list_images
+
+    Image.fromarray(paper_picture(held_out("あ"))).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not a picture's name: not listed
+    files = list_images([tmp_path])
+    assert files == [tmp_path / "a.png", tmp_path / "b.png"]
+    with pytest.raises(ImageError, match=r"b.png: a dangling link \(its target .*gone.png does not exist\)"):
+        load_image(files[1])
+    assert load_image(files[0]).shape == (127, 128)
+
+
+def test_predict_counts_a_dangling_link_as_failed(tmp_path, capsys):
+    from maist.predict import main
+    from test_predict import tiny_checkpoint
+
+    Image.fromarray(paper_picture(held_out("あ"))).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    assert main([f"ckpt_path={tiny_checkpoint()}", f"inputs=[{tmp_path}]"]) == 2
+    out, err = capsys.readouterr()
+    assert "a.png" in out and "b.png: a dangling link" in err
+
+
+def _bilevel_png(width: int, height: int) -> bytes:
+    """A 1-bit PNG of ``width`` × ``height`` with one black square: a few KB for any size."""
+    img = Image.new("1", (width, height), 1)
+    img.paste(0, (width // 3, height // 3, width // 3 + 50, height // 3 + 50))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_pixel_cap_is_far_below_pillows_and_checked_from_the_header(tmp_path):
+    from maist.images import MAX_PIXELS, ImageTooLargeError
+
+    assert MAX_PIXELS <= 4096 * 4096 < Image.MAX_IMAGE_PIXELS
+    side = int(MAX_PIXELS ** 0.5) + 1
+    data = _bilevel_png(side, side)
+    assert len(data) < 100_000
+    with pytest.raises(ImageTooLargeError, match=f"upload: {side}×{side} pixels is too large"):
+        decode_image(data, "upload")
+    (tmp_path / "big.png").write_bytes(data)
+    with pytest.raises(ImageTooLargeError, match="big.png: .* too large"):
+        load_image(tmp_path / "big.png")
+    assert decode_image(_bilevel_png(2000, 1500)).shape == (1500, 2000)  # a large drawing is fine
+
+
+DECODE_PROBE = """
+import resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from test_images import _bilevel_png
+from maist.images import ImageError, decode_image
+data = _bilevel_png(6000, 6000)  # 36 megapixels in a few KB: ~0.5 GB to decode and convert
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+try:
+    decode_image(data, "bomb")
+    outcome = "decoded"
+except ImageError as err:
+    outcome = "refused: " + str(err)
+grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(f"{outcome}|{grew_mb:.0f}|{time.perf_counter() - t:.3f}")
+"""
+
+
+def test_a_small_file_of_many_pixels_is_refused_without_decoding_it():
+    """A 36-megapixel PNG of a few KB (a decompression bomb in miniature) is refused from its
+    header: no time, no memory (peak RSS measured in a fresh process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    run = subprocess.run([sys.executable, "-c", DECODE_PROBE, str(tests)], capture_output=True, text=True,
+                         timeout=120, cwd=tests.parent, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    outcome, grew_mb, seconds = run.stdout.strip().rsplit("|", 2)
+    assert outcome.startswith("refused: bomb: 6000×6000 pixels is too large"), outcome
+    assert float(grew_mb) < 100 and float(seconds) < 1.0, (grew_mb, seconds)

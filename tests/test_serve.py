@@ -5,15 +5,23 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from serve_load import burst, closed_by_server, open_idle, reset, send, status_of
 from test_predict import held_out, paper_picture, tiny_checkpoint, tiny_predictor
+
+PNG = {"Content-Type": "image/png"}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +100,8 @@ def test_json_base64_body_and_no_layers(base_url):
 def test_bad_uploads_get_4xx_with_a_reason(base_url, what, body, code, reason):
     if body is None:
         body = drawing("つ")[:200]
-    status, ctype, out = request(base_url + "/predict", body, {"Content-Type": "application/octet-stream"})
+    ctype = "application/json" if body[:1] == b"{" else "image/png"
+    status, ctype, out = request(base_url + "/predict", body, {"Content-Type": ctype})
     assert status == code, out
     doc = json.loads(out)
     assert ctype.startswith("application/json") and reason in doc["error"] and "Traceback" not in doc["error"]
@@ -134,3 +143,295 @@ def test_port_in_use_exits_2(base_url, capsys):
     port = base_url.rsplit(":", 1)[1]
     assert main([f"ckpt_path={tiny_checkpoint()}", f"port={port}"]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the page survives its users
+def port_of(base_url: str) -> int:
+    return int(base_url.rsplit(":", 1)[1])
+
+
+@contextmanager
+def serving(predictor=None, quiet=True, **limits):
+    """A server with its own :class:`maist.serve.Limits` (short timeouts, few workers…)."""
+    from maist.serve import Limits, make_server
+
+    server = make_server(predictor or tiny_predictor(), "127.0.0.1", 0, quiet=quiet, limits=Limits(**limits))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class StubPredictor:
+    """Reads every picture as あ after ``delay`` seconds, counting how many it holds at once."""
+
+    classes = ["あ"]
+    source = "/srv/models/stub.ckpt"
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.active, self.peak = delay, 0, 0
+        self.lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"{self.source}: stub"
+
+    def prepare(self, data, name=None):
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(self.delay)
+        with self.lock:
+            self.active -= 1
+        return data
+
+    def top_k(self, x, k=5):
+        return [[("あ", 1.0)]]
+
+
+_drawings: dict = {}
+
+
+def drawing_once(char="く") -> bytes:
+    if char not in _drawings:
+        _drawings[char] = drawing(char)
+    return _drawings[char]
+
+
+def test_200_concurrent_posts_are_all_answered(base_url):
+    """http.server's listen backlog of 5 reset most of such a burst; now every request gets an
+    answer: 200, or 503 with Retry-After when the queues are full."""
+    started = time.monotonic()
+    replies = burst(port_of(base_url), 200, method="POST", path="/predict?layers=0", body=drawing_once(),
+                    headers=PNG, timeout=60)
+    elapsed = time.monotonic() - started
+    lost = [r.error for r in replies if r.status is None]
+    assert not lost, f"{len(lost)} of 200 got no answer, e.g. {lost[:3]}"
+    statuses = Counter(r.status for r in replies)
+    assert set(statuses) <= {200, 503} and statuses[200] >= 100, statuses
+    assert all(json.loads(r.body)["top5"][0][0] == "く" for r in replies if r.status == 200)
+    assert all(r.headers.get("retry-after") for r in replies if r.status == 503)
+    assert elapsed < 60
+
+
+@pytest.mark.parametrize("stall", ["headers", "body", "trickle"])
+def test_a_stalled_request_is_closed_by_the_timeout(stall):
+    """A client that stops sending (or sends a byte now and then) loses its connection after
+    ``idle_timeout`` (or ``request_deadline``) instead of holding a thread forever."""
+    with serving(idle_timeout=0.5, request_deadline=2.0) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+                "Content-Length: 1000\r\n\r\n").encode()
+        started = time.monotonic()
+        if stall == "headers":
+            sock.sendall(head[:30])
+        elif stall == "body":
+            sock.sendall(head + b"x" * 10)
+        else:
+            sock.sendall(head)
+            threading.Thread(target=_trickle, args=(sock,), daemon=True).start()
+        closed, got = closed_by_server(sock, within=8)
+        seconds = time.monotonic() - started
+        sock.close()
+    assert closed and seconds < 4, (closed, seconds, got)
+    if stall != "headers":
+        assert status_of(got) == 408 and b"in time" in got, got
+
+
+def _trickle(sock: socket.socket) -> None:
+    """Send a byte every 0.3 s (under the idle timeout) until the server closes, for at most 8 s."""
+    for _ in range(27):
+        try:
+            sock.send(b"x")
+        except OSError:
+            return
+        time.sleep(0.3)
+
+
+def test_an_idle_flood_does_not_stop_the_page():
+    """300 connections that say nothing hold no worker: with 2 workers the page still answers."""
+    with serving(workers=2, idle_timeout=30) as port:
+        idle = open_idle(port, 300)
+        try:
+            reply = send(port, "POST", "/predict?layers=0", drawing_once(), PNG, timeout=10)
+            health = send(port, timeout=10)
+        finally:
+            for s in idle:
+                s.close()
+    assert reply.status == 200 and json.loads(reply.body)["top5"][0][0] == "く", reply
+    assert health.status == 200 and reply.seconds < 5
+
+
+def test_past_max_connections_the_longest_silent_one_is_closed():
+    with serving(max_connections=50, idle_timeout=30) as port:
+        idle = open_idle(port, 120)
+        try:
+            reply = send(port, timeout=10)
+            oldest_closed = sum(closed_by_server(s, 0.2)[0] for s in idle[:60])
+            newest_open = sum(not closed_by_server(s, 0.01)[0] for s in idle[-20:])
+        finally:
+            for s in idle:
+                s.close()
+    assert reply.status == 200
+    assert oldest_closed == 60 and newest_open == 20
+
+
+def test_pictures_are_decoded_at_most_predict_slots_at_once():
+    stub = StubPredictor(delay=0.2)
+    with serving(stub, predict_slots=2) as port:
+        replies = burst(port, 8, method="POST", path="/predict?layers=0", body=drawing_once(), headers=PNG)
+    assert [r.status for r in replies] == [200] * 8
+    assert stub.peak == 2
+
+
+def test_no_prediction_slot_in_time_is_503_with_retry_after():
+    stub = StubPredictor(delay=0.5)
+    with serving(stub, predict_slots=1, queue_wait=0.2) as port:
+        replies = burst(port, 6, method="POST", path="/predict?layers=0", body=drawing_once(), headers=PNG)
+    statuses = Counter(r.status for r in replies)
+    assert set(statuses) == {200, 503}, (statuses, [r.error for r in replies])
+    busy = [r for r in replies if r.status == 503]
+    assert all(r.headers["retry-after"] == "1" and "busy" in json.loads(r.body)["error"] for r in busy)
+
+
+def test_a_full_work_queue_answers_503_at_once():
+    """One worker, a queue of one: the rest of a burst is answered 503 straight away, not reset."""
+    stub = StubPredictor(delay=0.5)
+    with serving(stub, workers=1, max_queued=1, predict_slots=1) as port:
+        replies = burst(port, 10, method="POST", path="/predict?layers=0", body=drawing_once(), headers=PNG)
+    assert not [r.error for r in replies if r.status is None]
+    busy = [r for r in replies if r.status == 503]
+    assert len(busy) >= 5 and all(r.headers["retry-after"] == "1" for r in busy)
+    assert all("too many requests at once" in json.loads(r.body)["error"] for r in busy)  # not a slot's wait
+    assert {r.status for r in replies} == {200, 503}
+
+
+# ---------------------------------------------------------------------- who may ask
+@pytest.mark.parametrize("host, code", [
+    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("[::1]:{port}", 200), ("LOCALHOST:{port}", 200),
+    ("evil.example:{port}", 421), ("evil.example", 421), ("127.0.0.1:1", 421), ("127.0.0.1", 421),
+    ("localhost.evil.example:{port}", 421), ("evil@127.0.0.1:{port}", 421), ("127.0.0.1:{port}/x", 421),
+])
+def test_a_foreign_host_is_refused(base_url, host, code):
+    """DNS rebinding: a page at http://evil.example:PORT whose name now points at 127.0.0.1 sends
+    ``Host: evil.example:PORT``; only this server's own names are answered."""
+    port = port_of(base_url)
+    headers = {"Host": host.format(port=port)}
+    get = send(port, "GET", "/", headers=headers)
+    post = send(port, "POST", "/predict?layers=0", drawing_once(), {**headers, **PNG})
+    assert (get.status, post.status) == (code, code), (get, post)
+    if code == 421:
+        assert "does not answer for the host" in json.loads(post.body)["error"]
+
+
+def test_the_names_a_server_answers_to_follow_its_binding():
+    from maist.serve import Hosts
+
+    loopback = Hosts("127.0.0.1", 8000)
+    assert all(loopback.allows_host(h) for h in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000"))
+    assert not any(loopback.allows_host(h) for h in ("192.168.1.5:8000", "localhost:8001", "", "evil.example:8000"))
+    lan = Hosts("192.168.1.5", 8000)
+    assert lan.allows_host("192.168.1.5:8000") and lan.allows_origin("http://192.168.1.5:8000")
+    assert not lan.allows_host("localhost:8000") and not lan.allows_host("evil.example:8000")
+    everywhere = Hosts("0.0.0.0", 80)
+    assert everywhere.allows_host("10.0.0.7") and everywhere.allows_host("[fe80::1]:80")
+    assert everywhere.allows_host(socket.gethostname()) and everywhere.allows_origin("http://10.0.0.7")
+    assert not everywhere.allows_host("evil.example") and not everywhere.allows_origin("http://evil.example")
+
+
+@pytest.mark.parametrize("origin, code", [
+    ("http://127.0.0.1:{port}", 200), ("http://localhost:{port}", 200),
+    ("http://evil.example", 403), ("null", 403), ("https://127.0.0.1:{port}", 403),
+    ("http://127.0.0.1:{port}.evil.example", 403), ("http://127.0.0.1:1", 403),
+])
+def test_a_post_from_another_origin_is_refused(base_url, origin, code):
+    port = port_of(base_url)
+    reply = send(port, "POST", "/predict?layers=0", drawing_once(), {"Origin": origin.format(port=port), **PNG})
+    assert reply.status == code, reply
+    if code == 403:
+        assert "refused" in json.loads(reply.body)["error"]
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
+                                   "multipart/form-data; boundary=x", "application/octet-stream",
+                                   "image/svg+xml", None])
+def test_only_image_and_json_bodies_are_accepted(base_url, ctype):
+    """What a form on another site can send (text/plain, form data) is refused with 415."""
+    headers = {"Content-Type": ctype} if ctype else {}
+    reply = send(port_of(base_url), "POST", "/predict?layers=0", drawing_once(), headers)
+    assert reply.status == 415, reply
+    assert "is not accepted" in json.loads(reply.body)["error"]
+
+
+@pytest.mark.parametrize("ctype", ["image/png", "image/jpeg", "image/webp", "Image/PNG; charset=binary"])
+def test_image_types_are_accepted_whatever_the_bytes(base_url, ctype):
+    reply = send(port_of(base_url), "POST", "/predict?layers=0", drawing_once(), {"Content-Type": ctype})
+    assert reply.status == 200 and json.loads(reply.body)["top5"][0][0] == "く"
+
+
+def test_deeply_nested_json_is_400(base_url):
+    body = b'{"image": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    reply = send(port_of(base_url), "POST", "/predict", body, {"Content-Type": "application/json"})
+    assert reply.status == 400 and "expected JSON" in json.loads(reply.body)["error"]
+
+
+def test_a_picture_of_too_many_pixels_is_413_before_decoding(base_url):
+    from test_images import _bilevel_png
+
+    reply = send(port_of(base_url), "POST", "/predict", _bilevel_png(6000, 6000), PNG)
+    assert reply.status == 413 and "too large" in json.loads(reply.body)["error"]
+    assert reply.seconds < 2
+
+
+@pytest.mark.parametrize("raw, code", [
+    (b"OPTIONS /predict HTTP/1.1\r\n\r\n", 405),
+    (b"BREW /predict HTTP/1.1\r\n\r\n", 405),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", 431),
+    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
+    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: -5\r\n\r\n", 400),
+    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 999999999\r\n\r\n", 413),
+    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 50\r\n\r\nshort", 408),
+], ids=["options", "unknown-method", "garbage", "http2", "too-many-headers", "chunked", "negative-length",
+        "too-long", "short-body"])
+def test_every_bad_request_is_a_4xx_in_json(raw, code):
+    with serving(idle_timeout=0.5) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(raw)
+        closed, got = closed_by_server(sock, within=5)
+        sock.close()
+    assert closed and status_of(got) == code, got[:300]
+    assert json.loads(got.partition(b"\r\n\r\n")[2])["status"] == code
+
+
+def test_disconnects_and_timeouts_leave_no_traceback(capfd, caplog):
+    """Clients that vanish mid-request (reset) or stall: at most a line each, never a traceback."""
+    caplog.set_level(logging.DEBUG)
+    with serving(quiet=False, idle_timeout=0.3) as port:
+        head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+        pic = drawing_once()
+        for raw in (b"POST /pre",  # reset inside the request line
+                    (head + "Content-Length: 100000\r\n\r\n").encode() + b"x" * 5000,  # inside the body
+                    (head + f"Content-Length: {len(pic)}\r\n\r\n").encode() + pic):  # before the answer
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(raw)
+            time.sleep(0.05)
+            reset(sock)
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stalled.sendall(head.encode())  # headers never finished
+        time.sleep(1.0)
+        stalled.close()
+        assert send(port).status == 200
+    out, err = capfd.readouterr()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Traceback" not in out + err + logged, err
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_health_names_the_checkpoint_file_not_its_folder(base_url):
+    status, _, body = request(base_url + "/health")
+    doc = json.loads(body)
+    assert status == 200 and doc["checkpoint"] == tiny_checkpoint().name
+    assert str(tiny_checkpoint().parent) not in body.decode() and doc["model"].startswith(tiny_checkpoint().name)

@@ -130,7 +130,10 @@ async function send(blob, what) {
   inFlight = true;
   setStatus(`Reading ${what}…`);
   try {
-    const res = await fetch("predict", { method: "POST", headers: { "Content-Type": blob.type || "application/octet-stream" }, body: blob });
+    // The server takes image/* (it reads the bytes, not the label) or JSON, and refuses other types
+    // (what a form on another site could send); a file the browser cannot type goes as image/png.
+    const type = blob.type.startsWith("image/") ? blob.type : "image/png";
+    const res = await fetch("predict", { method: "POST", headers: { "Content-Type": type }, body: blob });
     let doc;
     try { doc = await res.json(); } catch (e) { doc = { error: `the server answered ${res.status} ${res.statusText}` }; }
     if (mine !== seq) return;      // cleared or redrawn meanwhile
