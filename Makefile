@@ -27,6 +27,7 @@ bench: install
 	$(PY) -m benchmarks.bench_loader
 	$(PY) -m benchmarks.lightning_overhead
 	$(PY) -m benchmarks.bench_export
+	$(PY) -m benchmarks.bench_serve
 
 # The drawing page for a trained model: make serve ARGS="ckpt_path=outputs/…/checkpoints/best.ckpt"
 serve: install
