@@ -1,4 +1,7 @@
-"""maist.data.etl: the ETL8G record layout, decoding, sources and every bad input."""
+"""maist.data.etl: the ETL8G and ETL9G record layouts, decoding, sources and every bad input.
+
+The other layouts (ETL8B2, ETL9B, ETL1/6/7) and mixed folders: tests/test_formats.py.
+"""
 
 from __future__ import annotations
 
@@ -346,9 +349,9 @@ def test_zip_member_with_bad_crc(tmp_path, make_records):
     assert str(archive) in str(err.value) and "ETL8G/ETL8G_01" in str(err.value)
 
 
-def test_zip_without_etl8g_members(tmp_path):
-    archive = _zip_with(tmp_path / "ETL9G.zip", {"ETL9G/ETL9G_01": bytes(RECORD_SIZE),
-                                                 "ETL9G/ETL9INFO": b"info"})
+def test_zip_without_record_files(tmp_path):
+    archive = _zip_with(tmp_path / "ETL9G.zip", {"ETL9G/ETL9INFO": b"info",
+                                                 "ETL9G/ETL9G_01.txt": bytes(RECORD_SIZE)})
     with pytest.raises(EtlFormatError) as err:
         read_etl8g(archive)
     assert str(archive) in str(err.value) and "ETL8G_nn" in str(err.value)
@@ -532,7 +535,7 @@ def test_records_whose_checksums_collide_are_told_apart():
     assert first_occurrences(keys, images).tolist() == [True, True, False, False, False]
 
 
-# ---------------------------------------------------------------- ETL9G: recognised and refused
+# ---------------------------------------------------------------- ETL9G, and ETL8G/ETL9G mix-ups
 # AIST's ETL9 "G-type" format page: the same 8,199 bytes as ETL8G, the image at bytes 65–8192.
 
 ETL9G_STRUCT = ">2H8sI4B4H2B34x8128s7x"
@@ -568,35 +571,54 @@ def test_etl9g_layout_is_aists():
     assert raw[60:64] == bytes(4) and raw[8188:8192] == bytes([0xCC] * 4)  # bottom-right ink
 
 
-def _refused(path) -> str:
+def test_etl9g_files_are_read_by_name(tmp_path):
+    images = edge_ink_images(6)
+    raw = pack_etl9g(images, [A, I, U, KA, 0x3021, 0x4F53], [1, 1, 1, 2, 2, 2])
+    folder = tmp_path / "ETL9G"
+    folder.mkdir()
+    (folder / "ETL9G_01").write_bytes(raw[: 3 * RECORD_SIZE])
+    (folder / "ETL9G_02").write_bytes(raw[3 * RECORD_SIZE :])
+    (folder / "ETL9INFO").write_text("info")
+    archive = _zip_with(tmp_path / "ETL9G.zip", {"ETL9G/ETL9G_01": raw})
+    for root in (folder, folder / "ETL9G_01", archive):
+        recs = read_etl8g(root)
+        n = len(recs)
+        assert recs.layout == "ETL9G" and recs.max_level == 15
+        np.testing.assert_array_equal(recs.images, images[:n])
+        assert recs.jis.tolist() == [A, I, U, KA, 0x3021, 0x4F53][:n]
+        assert recs.serial.tolist() == list(range(1, n + 1))
+    assert len(read_etl8g(folder)) == 6
+
+
+def _refused(path, looks_like: str) -> str:
     with pytest.raises(EtlFormatError) as err:
         read_etl8g(path)
     msg = str(err.value)
-    assert "\n" not in msg and "ETL9G is not supported yet" in msg and "ETL8G" in msg
+    assert "\n" not in msg and f"looks like an {looks_like} file" in msg
     return msg
 
 
-@pytest.mark.parametrize("name", ["ETL9G_01", "ETL8G_01", "records.bin"])
-def test_etl9g_file_is_refused_by_name_and_by_content(tmp_path, name):
+@pytest.mark.parametrize("name", ["ETL8G_01", "records.bin"])
+def test_etl8g_named_file_with_etl9g_records_is_refused(tmp_path, name):
+    """By content: a file read as ETL8G (by its name, or any other name) whose images sit
+    where ETL9G keeps them; in a folder and in a zip too."""
     path = tmp_path / name
     path.write_bytes(pack_etl9g(edge_ink_images(6), [A, I, U, KA, A, I], [1, 1, 1, 1, 2, 2]))
-    assert str(path) in _refused(path)
-    if name == "ETL8G_01":  # by content alone: also in a folder and in a zip
-        assert str(path) in _refused(tmp_path)
+    msg = _refused(path, "ETL9G")
+    assert msg.startswith(f"{path}: read as ETL8G") and "65–8192" in msg
+    if name == "ETL8G_01":
+        assert str(path) in _refused(tmp_path, "ETL9G")
         archive = _zip_with(tmp_path / "ETL8G.zip", {"ETL8G/ETL8G_01": path.read_bytes()})
-        assert f"{archive}!ETL8G/ETL8G_01" in _refused(archive)
+        assert f"{archive}!ETL8G/ETL8G_01" in _refused(archive, "ETL9G")
 
 
-def test_etl9g_name_alone_is_refused(tmp_path, make_records):
-    """By name, whatever the file holds: AIST's ETL9G_nn files, a folder or a zip of them."""
-    rec = make_records(tmp_path / "ETL9G", "ETL9G_01", jis=[A, I], sheet=1)
-    assert str(rec["path"]) in _refused(rec["path"])
-    make_records(tmp_path / "ETL9G", "ETL9G_02", jis=[A, I], sheet=2)
-    (tmp_path / "ETL9G" / "ETL9INFO").write_text("info")
-    msg = _refused(tmp_path / "ETL9G")
-    assert str(tmp_path / "ETL9G") in msg and "ETL9G_01" in msg
-    archive = _zip_with(tmp_path / "ETL9G.zip", {"ETL9G/ETL9G_01": rec["path"].read_bytes()})
-    assert str(archive) in _refused(archive)
+def test_etl9g_named_file_with_etl8g_records_is_refused(tmp_path):
+    path = tmp_path / "ETL9G" / "ETL9G_01"
+    path.parent.mkdir()
+    path.write_bytes(pack_records(edge_ink_images(4), [A, I, U, KA], [1] * 4))
+    msg = _refused(path, "ETL8G")
+    assert msg.startswith(f"{path}: read as ETL9G") and "61–8188" in msg
+    assert str(path) in _refused(path.parent, "ETL8G")
 
 
 def test_etl8g_with_blank_corners_or_unused_bytes_set_is_accepted(tmp_path):

@@ -12,6 +12,7 @@ from maist.data.kana import (
     CLASS_SET_NAMES,
     ETL8G_SMALL,
     HIRAGANA71,
+    KANJI881,
     SMALL_TO_LARGE,
     char_to_jis,
     class_set,
@@ -49,13 +50,66 @@ def test_char_to_jis_rejects_one_byte_characters():
 
 
 def test_class_set_sizes():
-    assert CLASS_SET_NAMES == ("hiragana71", "hiragana75", "hiragana71_merged")
-    h71, h75, merged = (class_set(n) for n in CLASS_SET_NAMES)
+    assert CLASS_SET_NAMES == ("hiragana71", "hiragana75", "hiragana71_merged", "katakana46",
+                               "katakana48", "kanji881", "kanji2965", "etl8g_all", "etl9g_all")
+    h71, h75, merged = (class_set(n) for n in CLASS_SET_NAMES[:3])
     assert h71.num_classes == 71 and len(h71.jis_to_label) == 71
     assert h75.num_classes == 75 and len(h75.jis_to_label) == 75
     assert merged.num_classes == 71
     assert len(merged.jis_to_label) == 71 + len(SMALL_TO_LARGE)
     assert sorted(set(merged.jis_to_label.values())) == list(range(71))
+    sizes = {"katakana46": 46, "katakana48": 48, "kanji881": 881, "kanji2965": 2965,
+             "etl8g_all": 956, "etl9g_all": 3036}
+    for name, n in sizes.items():
+        cs = class_set(name)
+        assert cs.num_classes == n == len(set(cs.classes)) == len(cs.jis_to_label), name
+        assert sorted(cs.jis_to_label.values()) == list(range(n))
+        codes = [char_to_jis(c) for c in cs.classes]
+        assert codes == sorted(codes) and cs.jis_to_label == {c: i for i, c in enumerate(codes)}
+
+
+def test_katakana_sets():
+    k46, k48 = class_set("katakana46"), class_set("katakana48")
+    assert k46.classes[0] == "ア" and k46.classes[-1] == "ン" and "ヲ" in k46.classes
+    assert not {"ヰ", "ヱ", "ァ", "ッ", "ガ", "ヴ"} & set(k46.classes)  # no old, small or voiced
+    assert set(k48.classes) == set(k46.classes) | {"ヰ", "ヱ"}
+    assert [char_to_jis(c) for c in "アンヰヱ"] == [0x2522, 0x2573, 0x2570, 0x2571]
+    assert all(0x2521 <= char_to_jis(c) <= 0x2573 for c in k48.classes)  # JIS row 5
+    assert k48.label_of("ヰ") == k48.classes.index("ヰ")
+
+
+def test_kanji2965_is_jis_level_1():
+    k = class_set("kanji2965")
+    assert k.classes[0] == "亜" == jis_to_char(0x3021) and k.label_of("亜") == 0
+    assert k.classes[-1] == "腕" == jis_to_char(0x4F53) and k.label_of("腕") == 2964
+    assert min(k.jis_to_label) == 0x3021 and max(k.jis_to_label) == 0x4F53
+    rows = {code >> 8 for code in k.jis_to_label}
+    assert rows == set(range(0x30, 0x50))  # rows 16–47
+    assert sum(1 for code in k.jis_to_label if code >> 8 == 0x4F) == 51  # row 47 is short
+    assert "鰯" in k.classes  # 0x3073: level 1
+    assert "弌" not in k.classes and "丼" not in k.classes  # 0x5021, 0x5027: level 2
+
+
+def test_kanji881_is_the_1958_education_kanji():
+    k = class_set("kanji881")
+    assert len(KANJI881) == 881 == len(set(KANJI881))
+    assert set(KANJI881) <= set(class_set("kanji2965").classes)  # all JIS level 1
+    # AIST's ETL8B2 table (form_e8b.htm) ends its kanji at 0x4F43 (話).
+    assert max(k.jis_to_label) == 0x4F43 and k.classes[-1] == "話"
+    assert k.classes[0] == "愛" == jis_to_char(0x3026)
+    for char in "一右雨円王音学漢字日本語話燈壱弐":
+        assert char in k.classes
+    for char in "亜灯誰丼":  # not in the 1948 list (灯 replaced 燈 in 1977)
+        assert char not in k.classes
+
+
+def test_all_sets_are_kanji_plus_hiragana():
+    e8, e9 = class_set("etl8g_all"), class_set("etl9g_all")
+    assert set(e8.classes) == set(KANJI881) | set(class_set("hiragana75").classes)
+    assert set(e9.classes) == set(class_set("kanji2965").classes) | set(HIRAGANA71)
+    assert e8.classes[0] == "あ" and e8.classes[74] == "ん"  # hiragana first (JIS row 4)
+    assert e8.classes[75] == "愛" and e8.label_of("話") == 955
+    assert e9.classes[0] == "あ" and e9.classes[71] == "亜"
 
 
 def test_hiragana71_is_the_articles_set_in_jis_order():
@@ -90,8 +144,11 @@ def test_merged_maps_small_kana_onto_large():
 
 def test_unknown_class_set():
     with pytest.raises(ValueError) as err:
-        class_set("katakana46")
-    assert "katakana46" in str(err.value) and "hiragana71" in str(err.value)
+        class_set("katakana50")
+    assert "katakana50" in str(err.value) and "hiragana71" in str(err.value)
+    with pytest.raises(ValueError) as err:  # a name that needs an explanation
+        class_set("katakana51")
+    assert "48 characters" in str(err.value) and "katakana48" in str(err.value)
 
 
 def test_dataset_rejects_unknown_class_set(tmp_path, make_records):

@@ -1,4 +1,5 @@
-"""ETL hiragana as an in-memory dataset, in torchvision's manner."""
+"""ETL characters (any supported layout, any class set) as an in-memory dataset, in
+torchvision's manner."""
 
 from __future__ import annotations
 
@@ -53,27 +54,38 @@ def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) ->
         recs = read_etl8g(root, jis=cs.jis_to_label)
         if len(recs) == 0:
             raise EtlFormatError(
-                f"{root}: none of its {recs.skipped:,} records belongs to class set {class_set!r}. "
-                "Is this ETL8G (hiragana are JIS 0x2421–0x2473)? Or choose another data.class_set."
+                f"{root}: none of its {recs.skipped:,} {recs.layout} records belongs to class set "
+                f"{class_set!r} ({cs.num_classes} characters, e.g. {''.join(cs.classes[:5])}). "
+                "Choose a data.class_set that this set holds, or point data.root at another set."
             )
         if recs.skipped:
             log.info("%s: skipped %d records of characters outside %s", root, recs.skipped, class_set)
-        labels = np.array([cs.jis_to_label[int(j)] for j in recs.jis], dtype=np.int64)
-        images = preprocess(etl_levels_to_float(recs.images)).numpy()
+        lookup = np.full(max(cs.jis_to_label) + 1, -1, dtype=np.int64)
+        lookup[list(cs.jis_to_label)] = list(cs.jis_to_label.values())
+        labels = lookup[recs.jis]
+        images = preprocess(etl_levels_to_float(recs.images, recs.max_level)).numpy()
         return {"images": images, "labels": labels, "writers": recs.sheet.astype(np.int64),
                 "jis": recs.jis, "skipped": np.array(recs.skipped),
                 "duplicates": np.array(recs.duplicates)}
 
     params = {"class_set": class_set, "preprocess": preprocess.as_dict()}
     arrays = cached_arrays(root, params, compute, cache_dir, validate=check_loaded)
+    present = np.zeros(cs.num_classes, dtype=bool)
+    present[arrays["labels"]] = True
+    if missing := int((~present).sum()):  # info, not a warning: partial sets are common
+        absent = "".join(c for c, here in zip(cs.classes, present) if not here)
+        log.info("%s: %d of the %d classes of %s have no record (%s%s); the model still has %d "
+                 "outputs", root, missing, cs.num_classes, class_set, absent[:10],
+                 " …" if missing > 10 else "", cs.num_classes)
     if duplicates := int(arrays["duplicates"]):
-        log.warning("%s: dropped %s duplicate records (the same 8,199 bytes read twice: a copied "
+        log.warning("%s: dropped %s duplicate records (the same bytes read twice: a copied "
                     "file?); each is kept once", root, f"{duplicates:,}")
     return arrays
 
 
 class EtlHiragana(VisionDataset):
-    """Hiragana from ETL8G records, preprocessed and held in memory.
+    """Characters of one class set from ETL records (any layout ``maist.data.etl`` reads; the
+    name is historical), preprocessed and held in memory.
 
     ``data`` is (N, 1, S, S) float in [0, 1], ink bright; ``targets`` are labels into
     ``classes``; ``writers`` are the sheet numbers (one per writer). ``skipped`` counts the

@@ -102,9 +102,13 @@ def mass_bounds(profile: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Te
     return (c <= q).sum(1).clamp(max=profile.shape[1] - 1), (c < 1 - q).sum(1).clamp(max=profile.shape[1] - 1)
 
 
-def etl_levels_to_float(levels: np.ndarray) -> np.ndarray:
-    """ETL 4-bit levels (0 = paper, 15 = ink) → float32 in [0, 1], ink bright."""
-    return levels.astype(np.float32) / (LEVELS - 1)
+def etl_levels_to_float(levels: np.ndarray, max_level: int = LEVELS - 1) -> np.ndarray:
+    """ETL levels (0 = paper, ``max_level`` = ink) → float32 in [0, 1], ink bright.
+
+    ``max_level`` is the decoded records' (``EtlRecords.max_level``): 15 for 4-bit layouts,
+    1 for the binary B-type (ETL8B2, ETL9B).
+    """
+    return levels.astype(np.float32) / max_level
 
 
 def stretch_contrast(x: torch.Tensor, ink_percentile: float = 99.0) -> torch.Tensor:
