@@ -130,7 +130,6 @@ def profile(cfg, steps: int, warmup: int) -> tuple[dict, float, int]:
     t.hooks(model.net, "net forward")
     if model.augment is not None:
         t.hooks(model.augment, "augment")
-    t.hooks(model.train_acc, "train_acc metric")
     t.wrap(model, "training_step", "training_step (all)")
     t.wrap(model, "log", "self.log")
     hooks = StepHooks(t, warmup)
@@ -174,13 +173,12 @@ def main(argv=None) -> None:
 
     totals, wall, bs = profile(cfg, args.steps, args.warmup)
     ts = totals.get("training_step (all)", 0.0)
-    inner = sum(totals.get(k, 0.0) for k in ("augment", "net forward", "train_acc metric", "self.log"))
+    inner = sum(totals.get(k, 0.0) for k in ("augment", "net forward", "self.log"))
     rows = [
         ("data (loader next)", totals.get("data", 0.0)),
         ("augment", totals.get("augment", 0.0)),
         ("net forward", totals.get("net forward", 0.0)),
         ("loss + rest of training_step", ts - inner),
-        ("train_acc metric (torchmetrics)", totals.get("train_acc metric", 0.0)),
         ("self.log", totals.get("self.log", 0.0)),
         ("backward", totals.get("backward", 0.0)),
         # Lightning runs training_step, zero_grad and backward inside optimizer.step(closure)

@@ -65,7 +65,6 @@ class MaistModule(L.LightningModule):
         self.net = instantiate(self.hparams.net)
         self.augment = instantiate(self.hparams.augment) if augment else None
         n = self.hparams.net.get("num_classes", len(self.classes))
-        self.train_acc = MulticlassAccuracy(n, average="micro")
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro")
@@ -98,15 +97,35 @@ class MaistModule(L.LightningModule):
             x = self.augment(x)
         logits = self(x)
         loss = self.loss(logits, y)
-        if not torch.isfinite(loss):
+        if not self._all_finite(loss):
             self.nonfinite_step = self.global_step
-            return None  # Lightning skips the optimizer step: the weights stay finite
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=True, on_epoch=False, prog_bar=True)
-        if hasattr(self.net, "keep_prob"):
-            self.log("train/keep_prob", float(self.net.keep_prob), on_step=True, on_epoch=False)
+            return None  # every rank skips the optimizer step: the weights stay finite
+        if self.hparams.loss_reduction == "sum":
+            # Each rank sums over its slice of the global batch and DDP averages the gradients:
+            # scaling by the world size makes the update the sum over the whole batch.
+            loss = loss * self.trainer.world_size if self._trainer is not None else loss
+        if self._logging_step():
+            acc = (logits.argmax(1) == y).float().mean()
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
+            self.log("train/acc", acc, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
+            if hasattr(self.net, "keep_prob"):
+                self.log("train/keep_prob", float(self.net.keep_prob), on_step=True, on_epoch=False)
         return loss
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank: one decision that all ranks take together (a
+        rank that skipped its step alone would leave the others waiting in the gradient all-reduce)."""
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is None or self.trainer.world_size == 1:
+            return finite
+        return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes this step's logs: the scalars are computed on those steps only,
+        so a step costs no more than its forward, backward and update."""
+        if self._trainer is None:
+            return True
+        return bool(getattr(self.trainer._logger_connector, "should_update_logs", True))
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch, loss_metric, acc_metric):
@@ -127,9 +146,10 @@ class MaistModule(L.LightningModule):
     def on_validation_epoch_end(self):
         acc = self.val_acc.compute()
         self.val_acc_best(acc)
-        self.log("val/loss", self.val_loss.compute())
-        self.log("val/acc", acc, prog_bar=True)
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        # The metrics are already gathered from every rank (torchmetrics syncs in compute()).
+        self.log("val/loss", self.val_loss.compute(), sync_dist=True)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         logits = self._eval_step(batch, self.test_loss, self.test_acc)
@@ -137,13 +157,13 @@ class MaistModule(L.LightningModule):
         self.test_acc_per_class.update(logits, batch[1])
 
     def on_test_epoch_end(self):
-        self.log("test/loss", self.test_loss.compute())
-        self.log("test/acc", self.test_acc.compute())
-        self.log("test/acc_top5", self.test_acc_top5.compute())
+        self.log("test/loss", self.test_loss.compute(), sync_dist=True)
+        self.log("test/acc", self.test_acc.compute(), sync_dist=True)
+        self.log("test/acc_top5", self.test_acc_top5.compute(), sync_dist=True)
         per_class = self.test_acc_per_class.compute()
         self.per_class_accuracy = {c: float(a) for c, a in zip(self.classes, per_class)}
         for c, a in self.per_class_accuracy.items():
-            self.log(f"test/acc_class/{c}", a)
+            self.log(f"test/acc_class/{c}", a, sync_dist=True)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):

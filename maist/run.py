@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from maist.callbacks.checkpoints import LastCheckpoint
 from maist.checkpoint import build_module as checkpoint_module
 from maist.checkpoint import check_resumable, data_spec, read_checkpoint
 from maist.data.etl import write_atomic
+from maist.distributed import launch_ranks_as_this_job, one_job_of_processes
 from maist.errors import ConfigError
 from maist.module import MaistModule, check_optimizer
 
@@ -74,20 +76,29 @@ def run(cfg: DictConfig) -> dict:
     """Fit and/or test as configured; writes metrics.json into the run folder and returns it.
 
     Every setting and the checkpoint are checked before the data is decoded."""
+    with one_job_of_processes():  # a sweep's next job starts ranks of its own
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     threads = _torch_threads(cfg.get("torch_threads"))
     if threads:
         torch.set_num_threads(threads)
     if cfg.get("test_ckpt", "best") not in TEST_CHECKPOINTS:
         raise ConfigError(f"test_ckpt={cfg.test_ckpt!r}: must be one of {', '.join(TEST_CHECKPOINTS)}")
+    _resume_after_requeue(cfg, out)
     ckpt = _read_given_checkpoint(cfg)
     check_optimizer(cfg.model.get("optimizer"))
     datamodule = instantiate(cfg.data, _convert_="all")
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
     loggers = _instantiate_all(cfg.get("logger"))
+    launch_ranks_as_this_job()  # before the Trainer: its launcher restarts this job for the other ranks
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule.setup("fit")
+    if trainer.global_rank > 0:  # the other ranks compute; rank zero alone reports
+        logging.getLogger("maist").setLevel(logging.WARNING)
+    L.seed_everything(cfg.seed, workers=True, verbose=trainer.is_global_zero)
+    datamodule.setup("fit")  # decoded once: the first process writes the cache, the others load it
 
     metrics: dict = {"task_name": cfg.task_name, "output_dir": str(out)}
     if cfg.train:
@@ -112,12 +123,24 @@ def run(cfg: DictConfig) -> dict:
         tested_module = trainer.lightning_module
         metrics.update({k: float(v) for k, v in results[0].items() if not k.startswith("test/acc_class/")})
         metrics["test/acc_per_class"] = getattr(tested_module, "per_class_accuracy", {})
-        if cfg.get("analyse_test", True):
+        if cfg.get("analyse_test", True) and trainer.is_global_zero:
+            # rank zero predicts the whole test set itself: every image exactly once
             metrics["analysis"] = analyse_test(tested_module, datamodule, out, loggers, metrics=metrics,
                                                step=trainer.global_step)
-    write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
-    _report(metrics, loggers, out)
+    if trainer.is_global_zero:  # one writer per output
+        write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
+        _report(metrics, loggers, out)
     return metrics
+
+
+def _resume_after_requeue(cfg: DictConfig, out: Path) -> None:
+    """A SLURM job requeued after preemption starts again in the same folder: resume it from its
+    own ``last.ckpt`` (unless ``ckpt_path`` names another checkpoint)."""
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.train and not cfg.ckpt_path and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and last.is_file():
+        log.info("requeued (SLURM_RESTART_COUNT=%s): resuming from %s", os.environ["SLURM_RESTART_COUNT"], last)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
 
 
 TEST_CHECKPOINTS = ("best", "last")

@@ -14,6 +14,7 @@ from maist.data.dataset import EtlHiragana
 from maist.data.kana import class_set as get_class_set
 from maist.data.preprocess import Preprocess
 from maist.data.split import SPLIT_MODES, make_split
+from maist.distributed import per_rank_batch, shard, world
 from maist.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,18 @@ class BatchIndexSampler:
 
     An epoch's batches are a function of (``seed``, epoch) alone, drawn at once when the epoch
     starts; :meth:`resume_at` starts the next epoch part-way, so a run resumed mid-epoch draws
-    exactly the batches an uninterrupted run would have drawn.
+    exactly the batches an uninterrupted run would have drawn. ``batch_size`` is the global batch:
+    with ``world_size`` processes, rank ``rank`` takes its slice of each global batch, so the
+    ranks train on disjoint parts of one draw.
     """
 
     def __init__(self, n: int, batch_size: int, replacement: bool, seed: int = 0,
-                 batches_per_epoch: int | None = None, shuffle: bool = True, drop_last: bool = True):
+                 batches_per_epoch: int | None = None, shuffle: bool = True, drop_last: bool = True,
+                 rank: int = 0, world_size: int = 1):
         if n == 0:
             raise ValueError("cannot sample batches from an empty set")
+        self.per_rank = per_rank_batch(batch_size, world_size)
+        self.rank = rank
         self.n, self.batch_size, self.replacement = n, batch_size, replacement
         self.seed, self.shuffle, self.drop_last, self.epoch = seed, shuffle, drop_last, 0
         self.batches_per_epoch = batches_per_epoch or max(1, n // batch_size)
@@ -73,13 +79,29 @@ class BatchIndexSampler:
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             start, self._resume = self._resume[1], None
+        mine = slice(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
         if self.replacement:
             draws = torch.randint(self.n, (len(self), self.batch_size), generator=self._generator())
-            yield from draws[start:]
+            yield from draws[start:, mine]
             return
         order = torch.randperm(self.n, generator=self._generator()) if self.shuffle else torch.arange(self.n)
         for k in range(start, len(self)):
-            yield order[k * self.batch_size : (k + 1) * self.batch_size]
+            yield order[k * self.batch_size : (k + 1) * self.batch_size][mine]
+
+
+class ShardBatches:
+    """Evaluation batches: this rank's share of ``range(n)`` in order, ``batch_size`` at a time. Over
+    all ranks every example comes exactly once (no padding, no example counted twice)."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.indices = torch.from_numpy(shard(n, rank, world_size))
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self):
+        yield from self.indices.split(self.batch_size)
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -168,16 +190,15 @@ class MaistDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
         n = len(self.train_set)
-        sampler = BatchIndexSampler(n, h.batch_size, h.sampler == "with_replacement",
-                                    seed=h.seed, batches_per_epoch=h.batches_per_epoch)
+        rank, world_size = world(self.trainer)
+        sampler = BatchIndexSampler(n, h.batch_size, h.sampler == "with_replacement", seed=h.seed,
+                                    batches_per_epoch=h.batches_per_epoch, rank=rank, world_size=world_size)
         if self.trainer is not None and self.trainer.global_step:  # resuming: continue where it stopped
             sampler.resume_at(self.trainer.global_step)
         return self._loader(self.train_set, sampler)
 
     def _eval_loader(self, part) -> DataLoader:
-        n = len(part)
-        sampler = BatchIndexSampler(n, self.hparams.eval_batch_size, False, shuffle=False, drop_last=False)
-        return self._loader(part, sampler)
+        return self._loader(part, ShardBatches(len(part), self.hparams.eval_batch_size, *world(self.trainer)))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)
