@@ -1,0 +1,68 @@
+"""An experiment over seeds on the internal real handwriting: mean ± std of test accuracy.
+
+    python -m benchmarks.seeds [--experiment best] [--seeds 0 1 2] [--cases writers cross] [extra overrides…]
+
+Cases (``../shared/data/etl-dev/``, never copied into the project):
+
+- ``writers``: ``etl8b2-46`` split by writer (112 train, 16 validation, 32 test writers);
+- ``cross``: trained on ``etl8b2-46`` (validation: 10% of its writers), tested on all of
+  ``etl4c-46`` (120 other writers, another scanner).
+
+Each run is ``python train.py experiment=… seed=…`` in a fresh process, one after the other, in a
+temporary folder; printed: per-seed test accuracy and training seconds, then mean ± std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ETL_DEV = REPO.parent / "shared" / "data" / "etl-dev"
+CASES = {
+    "writers": [f"data.root={ETL_DEV / 'etl8b2-46'}"],
+    "cross": [f"data.root={ETL_DEV / 'etl8b2-46'}", f"data.test_root={ETL_DEV / 'etl4c-46'}"],
+}
+
+
+def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
+    out = folder / f"{case}-{seed}"
+    cmd = [sys.executable, "train.py", f"experiment={experiment}", f"seed={seed}", *CASES[case],
+           f"hydra.run.dir={out}", f"data.cache_dir={folder / 'cache'}", "trainer.enable_progress_bar=false",
+           "analyse_test=false", "~callbacks.feature_maps", *extra]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiment", default="best")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("overrides", nargs="*", help="more train.py overrides, the same for every run")
+    args = ap.parse_args()
+    if not ETL_DEV.is_dir():
+        raise SystemExit(f"{ETL_DEV}: the internal data is not here")
+    with tempfile.TemporaryDirectory(prefix="maist-seeds-") as tmp:  # nothing derived from ETL outlives it
+        for case in args.cases:
+            accs = []
+            for seed in args.seeds:
+                m = run(args.experiment, case, seed, Path(tmp), args.overrides)
+                accs.append(100 * m["test/acc"])
+                print(f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "
+                      f"val/acc_best {100 * m.get('val/acc_best', float('nan')):.2f}%  "
+                      f"train {m['train_seconds']:.0f} s", flush=True)
+            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            print(f"{args.experiment} {case}: {' / '.join(f'{a:.2f}' for a in accs)}%  "
+                  f"mean {statistics.mean(accs):.2f} ± {std:.2f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
