@@ -98,8 +98,10 @@ class MaistModule(L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, y)
         if not self._all_finite(loss):
+            # Every rank skips this update together: a zero loss gives zero gradients (so the
+            # gradient all-reduce still runs on every rank), and on_before_optimizer_step drops them.
             self.nonfinite_step = self.global_step
-            return None  # every rank skips the optimizer step: the weights stay finite
+            return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
         if self.hparams.loss_reduction == "sum":
             # Each rank sums over its slice of the global batch and DDP averages the gradients:
             # scaling by the world size makes the update the sum over the whole batch.
@@ -111,6 +113,11 @@ class MaistModule(L.LightningModule):
             if hasattr(self.net, "keep_prob"):
                 self.log("train/keep_prob", float(self.net.keep_prob), on_step=True, on_epoch=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.nonfinite_step == self.global_step:  # a skipped step: the optimizer leaves every weight
+            for p in self.parameters():                # and its own state as they are
+                p.grad = None
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank: one decision that all ranks take together (a

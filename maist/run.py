@@ -94,7 +94,8 @@ def _run(cfg: DictConfig) -> dict:
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
     loggers = _instantiate_all(cfg.get("logger"))
     launch_ranks_as_this_job()  # before the Trainer: its launcher restarts this job for the other ranks
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=_plugins(cfg))
     if trainer.global_rank > 0:  # the other ranks compute; rank zero alone reports
         logging.getLogger("maist").setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=trainer.is_global_zero)
@@ -131,6 +132,17 @@ def _run(cfg: DictConfig) -> dict:
         write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
         _report(metrics, loggers, out)
     return metrics
+
+
+def _plugins(cfg: DictConfig) -> list:
+    """The trainer's plugins; under SLURM, Lightning's own requeue is off: submitit requeues the job
+    (``hydra/launcher=slurm``) and the run resumes from its ``last.ckpt``."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    plugins = [instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def _resume_after_requeue(cfg: DictConfig, out: Path) -> None:

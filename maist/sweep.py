@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from maist.run import METRICS_FILE
 
@@ -19,6 +20,8 @@ class SweepSummary(Callback):
         self.jobs.append((list(job_return.overrides or []), folder))
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if not self.jobs:  # the jobs ran in other processes (submitit): read their folders
+            self.jobs = self._jobs_on_disk(Path(config.hydra.sweep.dir))
         if not self.jobs:
             return
         common = set.intersection(*(set(o) for o, _ in self.jobs))
@@ -35,3 +38,10 @@ class SweepSummary(Callback):
             varied = " ".join(o for o in overrides if o not in common) or "(no overrides)"
             lines.append(f"  [{varied}] {result}  → {folder}")
         print("\n".join(lines), flush=True)
+
+    @staticmethod
+    def _jobs_on_disk(sweep_dir: Path) -> list[tuple[list[str], Path]]:
+        jobs = []
+        for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: (len(p.parent.parent.name), p.parent.parent.name)):
+            jobs.append((list(OmegaConf.load(overrides)), overrides.parent.parent))
+        return jobs
