@@ -11,7 +11,6 @@ import logging
 import math
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -24,6 +23,21 @@ from maist.errors import ConfigError
 log = logging.getLogger(__name__)
 
 REDUCTIONS = ("sum", "mean")
+
+
+MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (splitmix64 over the parts): nearby steps, seeds and
+    ranks give unrelated streams."""
+    x = 0
+    for part in parts:
+        x = (x ^ (int(part) & MASK64)) + 0x9E3779B97F4A7C15 & MASK64
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & MASK64
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & MASK64
+        x ^= x >> 31
+    return x >> 1
 
 
 def check_optimizer(optimizer) -> None:
@@ -76,15 +90,26 @@ class MaistModule(L.LightningModule):
     def forward(self, x):
         return self.net(x)
 
+    def __setattr__(self, name, value):
+        # Lightning sets _current_fx_name around every hook, ~44 times a training step, and
+        # nn.Module.__setattr__ costs microseconds each for what is a plain attribute.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def step_seed(self, step: int) -> int:
         """The seed of training step ``step`` on this process: a function of (seed, step, rank)."""
-        state = np.random.SeedSequence([self.hparams.seed, step, self.global_rank]).generate_state(1, np.uint64)[0]
-        return int(state >> np.uint64(1))
+        return mix_seed(self.hparams.seed, step, self.global_rank)
 
     def on_train_batch_start(self, batch, batch_idx):
-        # Dropout masks and augmentation draw from torch's global generator, seeded afresh each
-        # step: a resumed run repeats an uninterrupted one exactly, and every rank draws its own.
-        torch.manual_seed(self.step_seed(self.global_step))
+        # Dropout masks and augmentation draw from torch's generator, seeded afresh each step: a
+        # resumed run repeats an uninterrupted one exactly, and every rank draws its own. Only the
+        # generator in use is seeded (torch.manual_seed would queue one for every device type).
+        seed = self.step_seed(self.global_step)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
 
     def loss(self, logits, y):
         return F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction,
