@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install train test bench serve tensorboard clean
+.PHONY: install train test test-fast bench serve tensorboard clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ train: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# The inner loop: everything but multi-process runs, real training runs and the browser.
+test-fast: install
+	$(PY) -m pytest -m "not slow and not browser" $(ARGS)
 
 # Benchmarks print ratios measured side by side in one run (not tests).
 bench: install

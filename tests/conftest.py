@@ -119,3 +119,10 @@ def scratch_cache(tmp_path):
     folder = tmp_path / "cache"
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that read the internal handwriting are `real_data` (they use the etl_dev fixture)."""
+    for item in items:
+        if "etl_dev" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)

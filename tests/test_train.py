@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "torch_threads=1"]
 
