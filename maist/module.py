@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import Container, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
+from maist.analysis import READABLE_CLASSES
 from maist.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,24 @@ def _plain(cfg):
 
 
 class MaistModule(L.LightningModule):
+    """Training, evaluation and the optimizer of one network (``model=cnn|linear|modern``).
+
+    Args:
+        net: Hydra config of the network (``_target_`` a class in :mod:`maist.models`).
+        optimizer: Hydra config of the optimizer (``_target_`` e.g. ``torch.optim.Adam``, ``lr``).
+        scheduler: optional Hydra config of a torch learning-rate scheduler; ``interval`` (step or
+            epoch) says when it steps.
+        augment: optional Hydra config of a batch augmentation (:class:`maist.augment.BatchAffine`).
+        loss_reduction: ``sum`` over the batch (the article's) or ``mean``.
+        label_smoothing: cross-entropy label smoothing.
+        classes: the characters, in label order (saved for prediction).
+        class_set: the name of the class set the labels come from.
+        preprocess: the training :class:`~maist.data.preprocess.Preprocess` settings (saved, so
+            prediction applies the same).
+        ink_ratio: how much of the frame the training images' ink fills (frames user pictures).
+        seed: the run's seed; each training step reseeds from (seed, step, rank).
+    """
+
     def __init__(
         self,
         net: dict,
@@ -82,7 +101,7 @@ class MaistModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro")
-        self.test_acc_per_class = MulticlassAccuracy(n, average=None)
+        self.test_class_stats = MulticlassStatScores(n, average=None)  # per class: tp, fp, tn, fn, support
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.nonfinite_step: int | None = None  # set when a loss was not finite (the step is skipped)
@@ -186,16 +205,21 @@ class MaistModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         logits = self._eval_step(batch, self.test_loss, self.test_acc)
         self.test_acc_top5.update(logits, batch[1])
-        self.test_acc_per_class.update(logits, batch[1])
+        self.test_class_stats.update(logits, batch[1])
 
     def on_test_epoch_end(self):
         self.log("test/loss", self.test_loss.compute(), sync_dist=True)
         self.log("test/acc", self.test_acc.compute(), sync_dist=True)
         self.log("test/acc_top5", self.test_acc_top5.compute(), sync_dist=True)
-        per_class = self.test_acc_per_class.compute()
-        self.per_class_accuracy = {c: float(a) for c, a in zip(self.classes, per_class)}
-        for c, a in self.per_class_accuracy.items():
-            self.log(f"test/acc_class/{c}", a, sync_dist=True)
+        # Accuracy of each class the test set holds (a class without images has none); one
+        # scalar each only while that many stay readable (kanji: see the test analysis instead).
+        stats = self.test_class_stats.compute()
+        correct, support = stats[:, 0].tolist(), stats[:, 4].tolist()
+        names = self.classes if len(self.classes) == len(support) else [str(k) for k in range(len(support))]
+        self.per_class_accuracy = {c: t / s for c, t, s in zip(names, correct, support) if s}
+        if len(names) <= READABLE_CLASSES:
+            for c, a in self.per_class_accuracy.items():
+                self.log(f"test/acc_class/{c}", a, sync_dist=True)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):

@@ -37,7 +37,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(L.Callback):
-    """Writes ``dirpath/filename`` after every validation during fitting and at the end of fit."""
+    """Writes ``dirpath/filename`` after every validation during fitting and at the end of fit.
+
+    Args:
+        dirpath: the run's checkpoint folder.
+        filename: the file's name.
+    """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt"):
         self.path = Path(dirpath) / filename

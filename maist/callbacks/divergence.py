@@ -15,6 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class DivergenceGuard(L.Callback):
+    """Stops training on a non-finite loss or a collapse of validation accuracy.
+
+    Args:
+        collapse_fraction: stop when ``monitor`` falls below this fraction of its best …
+        min_best: … once the best is at least this.
+        monitor: the validation metric to watch.
+    """
+
     def __init__(self, collapse_fraction: float = 0.5, min_best: float = 0.2, monitor: str = "val/acc"):
         self.collapse_fraction = collapse_fraction
         self.min_best = min_best

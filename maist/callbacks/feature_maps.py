@@ -49,7 +49,7 @@ class FeatureMapFigures(L.Callback):
         skipped; if none is there, the first example of the first five classes present."""
         dm = getattr(trainer, "datamodule", None)
         part = getattr(dm, f"{self.split}_set", None) if dm is not None else None
-        if part is None or not hasattr(part, "data") or not hasattr(part, "targets") or len(part.targets) == 0:
+        if part is None or not hasattr(part, "targets") or len(part.targets) == 0:
             log.warning("feature maps: no %s_set on the datamodule; drawing the filters only", self.split)
             return []
         classes = list(getattr(dm, "classes", None) or getattr(pl_module, "classes", None) or [])
@@ -57,7 +57,11 @@ class FeatureMapFigures(L.Callback):
 
         def first(label: int) -> torch.Tensor | None:
             hit = torch.nonzero(targets == label)
-            return None if len(hit) == 0 else part.data[int(hit[0, 0])]
+            if len(hit) == 0:
+                return None
+            if callable(getattr(part, "float_images", None)):  # a Part: one image made float
+                return part.float_images([int(hit[0, 0])])[0]
+            return part.data[int(hit[0, 0])]
 
         def name(label: int) -> str:
             return classes[label] if label < len(classes) else str(label)

@@ -46,7 +46,13 @@ class StepTable:
 
 class StepSchedule(L.Callback):
     """Sets the optimizer's learning rate (``param: lr``) or the network's dropout keep
-    probability (``param: keep_prob``) from a step table before every training step."""
+    probability (``param: keep_prob``) from a step table before every training step.
+
+    Args:
+        param: ``lr`` or ``keep_prob``.
+        values: global step → value; the first key must be 0. Rates must be finite and > 0,
+            keep probabilities in (0, 1].
+    """
 
     def __init__(self, param: str, values: Mapping[int, float]):
         if param not in PARAMS:
