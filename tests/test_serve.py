@@ -119,10 +119,14 @@ def test_unknown_paths_and_methods(base_url):
 
 
 def test_server_survives_bad_requests(base_url):
-    for _ in range(3):
-        request(base_url + "/predict", b"junk")
-    status, _, out = request(base_url + "/health")
-    assert status == 200 and json.loads(out)["ok"] is True
+    good = drawing("く")
+    bad = [(b"junk", "image/png"), (good[: len(good) // 2], "image/png"), (b'{"image": 5}', "application/json"),
+           (b"[" * 100_000, "application/json")]
+    for body, ctype in bad:
+        status, _, out = request(base_url + "/predict", body, {"Content-Type": ctype})
+        assert status == 400 and json.loads(out)["status"] == 400
+    status, _, out = request(base_url + "/predict?layers=0", good, {"Content-Type": "image/png"})
+    assert status == 200 and json.loads(out)["top5"][0][0] == "く"  # still reads a picture after them
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])
