@@ -70,10 +70,11 @@ class Timers:
 
 
 class TimedLoader:
-    """Wraps the train loader: times each ``next``."""
+    """Wraps the train loader: times each ``next`` and ``convert`` (the datamodule's uint8 → float
+    step, which Lightning calls only when it is given the datamodule)."""
 
-    def __init__(self, loader, timers: Timers):
-        self.loader, self.timers = loader, timers
+    def __init__(self, loader, timers: Timers, convert=lambda batch: batch):
+        self.loader, self.timers, self.convert = loader, timers, convert
 
     def __len__(self):
         return len(self.loader)
@@ -83,7 +84,7 @@ class TimedLoader:
         while True:
             self.timers.start("data")
             try:
-                batch = next(it)
+                batch = self.convert(next(it))
             except StopIteration:
                 self.timers.open.pop("data", None)
                 return
@@ -138,7 +139,8 @@ def profile(cfg, steps: int, warmup: int) -> tuple[dict, float, int]:
     trainer = instantiate(cfg.trainer, max_steps=warmup + steps, callbacks=callbacks, logger=loggers,
                           enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
                           enable_model_summary=False)
-    trainer.fit(model, train_dataloaders=TimedLoader(dm.train_dataloader(), t))
+    loader = TimedLoader(dm.train_dataloader(), t, lambda batch: dm.on_after_batch_transfer(batch, 0))
+    trainer.fit(model, train_dataloaders=loader)
     return dict(t.total), hooks.t1 - hooks.t0, int(cfg.data.batch_size)
 
 
@@ -163,7 +165,7 @@ def main(argv=None) -> None:
     register_resolvers()
     out = tempfile.mkdtemp(prefix="maist-profile-")
     ov = [f"experiment={args.experiment}", f"data.cache_dir={args.cache_dir}", f"paths.output_dir={out}",
-          "~callbacks.feature_maps", "~callbacks.model_checkpoint", *args.overrides]
+          "~callbacks.feature_maps", "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", *args.overrides]
     if args.root:
         ov.append(f"data.root={args.root}")
     with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -72,7 +72,7 @@ class AccuracyClock(L.Callback):
 def compose_cfg(experiment: str, root: str, cache_dir: str, out: str, extra=()) -> object:
     overrides = [f"experiment={experiment}", f"data.root={root}", "data.split_by=writer",
                  f"data.cache_dir={cache_dir}", f"paths.output_dir={out}", "~callbacks.feature_maps",
-                 "~callbacks.model_checkpoint", "~callbacks.lr_monitor", *extra]
+                 "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "~callbacks.lr_monitor", *extra]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("train", overrides=overrides)
 
@@ -83,7 +83,7 @@ def train_curve(cfg, points: int) -> tuple[list, dict]:
     dm.setup("fit")
     model = build_module(cfg, dm)
     steps = int(cfg.trainer.max_steps)
-    clock = AccuracyClock(dm.test_set.data, dm.test_set.targets, steps // points)
+    clock = AccuracyClock(dm.test_set.float_images(), dm.test_set.targets, steps // points)
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule")) + [clock]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False,
                           limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)

@@ -4,12 +4,17 @@
 the whole test set once and writes
 
 - ``figures/confusion.png``: the confusion matrix, rows true / columns predicted, in the order
-  of the class list (the kana table);
+  of the class list (the kana table), for up to ``READABLE_CLASSES`` classes; for more (kanji:
+  3,036) a matrix is no longer readable, and instead
+  ``figures/class_accuracy.png``: a histogram of the per-class accuracy (the classes present),
+  and ``figures/worst_classes.png``: the errors of the classes with the lowest accuracy, a row
+  each;
 - ``figures/misclassified.png``: a gallery of misclassified test images, "true→pred";
 - ``figures/worst_writers.png``: the errors of the writers with the lowest accuracy;
-- ``report.md``: accuracy, the most confused pairs, the worst writers, links to the figures;
+- ``report.md``: accuracy, the most confused pairs, the worst classes and writers, links to the
+  figures;
 
-logs the same pictures to every logger whose ``experiment`` has ``add_image`` (TensorBoard),
+logs the same pictures to every tracker that keeps pictures (:func:`maist.tracking.log_image`),
 and returns a summary dict (also JSON-friendly) for ``metrics.json``.
 """
 
@@ -21,26 +26,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maist import viz
+from maist import tracking, viz
+from maist.data.dataset import to_float
 
 log = logging.getLogger(__name__)
 
 FIGURES = "figures"
 REPORT = "report.md"
+# Up to this many classes, a confusion matrix and one TensorBoard scalar per class are readable;
+# beyond (kanji), the analysis shows the most confused pairs, a histogram of per-class accuracy
+# and the worst classes instead.
+READABLE_CLASSES = 100
+WORST_CLASSES = 8  # rows of the worst classes' gallery (and of its table in the report)
+ERRORS_PER_CLASS = 8  # misclassified images shown per worst class
+HISTOGRAM_BINS = 20
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Class predictions (N,) of ``model`` for (N, 1, S, S) images, in eval mode, batch by batch."""
+def predict(model: torch.nn.Module, images, batch_size: int = 1000) -> torch.Tensor:
+    """Class predictions (N,) of ``model``, in eval mode, batch by batch.
+
+    ``images``: a :class:`~maist.data.datamodule.Part` (read a batch at a time from its uint8
+    store) or an (N, 1, S, S) tensor, uint8 as stored or float in [0, 1]. A uint8 batch is moved
+    to the model's device and made float there."""
+    take = images.images if callable(getattr(images, "images", None)) else images.__getitem__
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        preds = [model(data[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(data), batch_size)]
+        preds = []
+        for i in range(0, len(images), batch_size):
+            x = take(slice(i, i + batch_size)).to(device)
+            preds.append(model(to_float(x) if x.dtype == torch.uint8 else x).argmax(1).cpu())
     finally:
         model.train(was_training)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def _images(part, idx: torch.Tensor) -> torch.Tensor:
+    """Float images of a part (or a tensor) at ``idx``, for drawing."""
+    if callable(getattr(part, "float_images", None)):
+        return part.float_images(idx)
+    x = part[idx]
+    return to_float(x) if x.dtype == torch.uint8 else x
 
 
 def confusion_matrix(targets, preds, num_classes: int) -> np.ndarray:
@@ -63,6 +92,22 @@ def confused_pairs(cm: np.ndarray, classes, top: int = 10) -> list[dict]:
             break
         out.append({"true": classes[i], "pred": classes[j], "count": int(off[i, j]),
                     "of_true": round(float(off[i, j] / max(rows[i], 1)), 4)})
+    return out
+
+
+def class_accuracy(cm: np.ndarray, classes) -> list[dict]:
+    """Per class present in the test set (a non-empty row of ``cm``): its count, accuracy and
+    the class it is most often taken for; worst first (ties: class order)."""
+    n = cm.sum(axis=1)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    out = []
+    for k in np.flatnonzero(n):
+        top = int(off[k].argmax())
+        out.append({"class": classes[k], "index": int(k), "n": int(n[k]),
+                    "acc": round(float(cm[k, k] / n[k]), 4),
+                    "taken_for": classes[top] if off[k, top] else None})
+    out.sort(key=lambda r: (r["acc"], r["index"]))
     return out
 
 
@@ -99,20 +144,26 @@ def _class_names(model, datamodule, num_classes: int) -> list[str]:
 
 
 def _log_images(loggers, images: dict[str, np.ndarray], step: int) -> None:
-    for lg in loggers or []:
-        exp = getattr(lg, "experiment", None)
-        if exp is None or not hasattr(exp, "add_image"):
-            continue
-        for tag, arr in images.items():
-            exp.add_image(tag, arr, step, dataformats="HWC" if arr.ndim == 3 else "HW")
-        if hasattr(exp, "flush"):
-            exp.flush()
+    for tag, arr in images.items():
+        tracking.log_image(loggers, tag, arr, step)
+    tracking.flush(loggers)
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return lines
+
+
+def _worst_classes_figure(part, targets, preds, worst: list[dict], classes) -> np.ndarray | None:
+    """One gallery row per worst class: up to ``ERRORS_PER_CLASS`` of its misclassified images."""
+    rows = []
+    for r in worst:
+        idx = torch.nonzero((targets == r["index"]) & (preds != targets)).squeeze(1)[:ERRORS_PER_CLASS]
+        if len(idx):
+            rows.append(viz.gallery(_images(part, idx), targets[idx], preds[idx], classes,
+                                    ncols=ERRORS_PER_CLASS, max_items=ERRORS_PER_CLASS))
+    return viz.stack_rows(rows) if rows else None
 
 
 def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), *, top_pairs: int = 10,
@@ -126,27 +177,37 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
     part = datamodule.test_set
     num_classes = _num_classes(model, datamodule, part.targets)
     classes = _class_names(model, datamodule, num_classes)
-    preds = predict(model, part.data, getattr(getattr(datamodule, "hparams", None), "eval_batch_size", 1000) or 1000)
+    preds = predict(model, part, getattr(getattr(datamodule, "hparams", None), "eval_batch_size", 1000) or 1000)
     targets = part.targets.cpu()
     n = len(targets)
     wrong = torch.nonzero(preds != targets).squeeze(1)
     cm = confusion_matrix(targets.numpy(), preds.numpy(), num_classes)
     pairs = confused_pairs(cm, classes, top_pairs)
+    by_class = class_accuracy(cm, classes)
     by_writer = writer_accuracy(part.writers.cpu().numpy(), targets.numpy(), preds.numpy(), classes)
     acc = float((preds == targets).float().mean()) if n else float("nan")
 
     # ---- figures
-    images = {"test/confusion": viz.confusion_image(cm, classes)}
+    images = {}
+    if num_classes <= READABLE_CLASSES:
+        images["test/confusion"] = viz.confusion_image(cm, classes)
+    else:
+        images["test/class_accuracy"] = viz.histogram(
+            [r["acc"] for r in by_class], bins=HISTOGRAM_BINS, value_range=(0.0, 1.0),
+            title=f"accuracy per class ({len(by_class):,} classes in the test set)", xlabel="accuracy")
+        worst = [r for r in by_class[:WORST_CLASSES] if r["acc"] < 1.0]
+        if (figure := _worst_classes_figure(part, targets, preds, worst, classes)) is not None:
+            images["test/worst_classes"] = figure
     if len(wrong):
         sel = wrong[:max_gallery]
-        images["test/misclassified"] = viz.gallery(part.data[sel], targets[sel], preds[sel], classes,
+        images["test/misclassified"] = viz.gallery(_images(part, sel), targets[sel], preds[sel], classes,
                                                    max_items=max_gallery)
         worst_ids = [r["writer"] for r in by_writer[:worst_writers] if r["acc"] < 1.0]
         mask = np.isin(part.writers.cpu().numpy(), worst_ids) & (preds != targets).numpy()
         idx = torch.as_tensor(np.flatnonzero(mask), dtype=torch.long)
         if len(idx):
-            images["test/worst_writers"] = viz.gallery(part.data[idx], targets[idx], preds[idx], classes,
-                                                       max_items=max_gallery)
+            images["test/worst_writers"] = viz.gallery(_images(part, idx[:max_gallery]), targets[idx], preds[idx],
+                                                       classes, max_items=max_gallery)
     files = {}
     for tag, arr in images.items():
         path = fig_dir / f"{tag.split('/')[-1]}.png"
@@ -156,9 +217,14 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
 
     # ---- report
     accs = [r["acc"] for r in by_writer]
+    class_accs = [r["acc"] for r in by_class]
     summary = {
         "test_acc": round(acc, 6), "n_test": n, "errors": int(len(wrong)),
         "confused_pairs": pairs,
+        "classes_in_test": len(by_class),
+        "class_acc_min": min(class_accs) if class_accs else None,
+        "class_acc_mean": round(float(np.mean(class_accs)), 4) if class_accs else None,
+        "worst_classes": [{k: r[k] for k in ("class", "n", "acc", "taken_for")} for r in by_class[:WORST_CLASSES]],
         "writer_acc_min": min(accs) if accs else None,
         "writer_acc_mean": round(float(np.mean(accs)), 4) if accs else None,
         "worst_writers": [{k: r[k] for k in ("writer", "n", "acc", "errors")} for r in by_writer[:worst_writers]],
@@ -166,22 +232,31 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
     }
     lines = ["# Test-set analysis", ""]
     lines += [f"- test accuracy: **{acc:.4%}** ({n - len(wrong):,} of {n:,}; {len(wrong)} errors)",
+              f"- classes: {len(by_class)} of {num_classes} in the test set; accuracy per class: min "
+              f"{summary['class_acc_min']}, mean {summary['class_acc_mean']}",
               f"- writers: {len(accs)}; accuracy per writer: min {summary['writer_acc_min']}, "
               f"mean {summary['writer_acc_mean']}"]
     for k, v in (metrics or {}).items():
-        if isinstance(v, (int, float, str)) and not k.startswith("test/acc_class"):
+        if isinstance(v, (int, float, str)) and not k.startswith("test_per_class"):
             lines.append(f"- {k}: {v}")
     lines += ["", "## Most confused pairs (true → predicted)", ""]
     lines += (_md_table(["true", "predicted", "count", "share of true class"],
                         [[p["true"], p["pred"], p["count"], f"{p['of_true']:.1%}"] for p in pairs])
               if pairs else ["No confusions."])
+    lines += ["", f"## Worst classes (of {len(by_class)})", ""]
+    lines += _md_table(["class", "images", "accuracy", "most often taken for"],
+                       [[r["class"], r["n"], f"{r['acc']:.1%}", r["taken_for"] or "–"]
+                        for r in by_class[:WORST_CLASSES]])
     lines += ["", f"## Worst writers (of {len(accs)})", ""]
     lines += _md_table(["writer (sheet)", "images", "accuracy", "errors (true→pred)"],
                        [[r["writer"], r["n"], f"{r['acc']:.1%}", ", ".join(r["errors"]) or "–"]
                         for r in by_writer[:worst_writers]])
     lines += ["", "## Figures", ""]
     lines += [f"- [{name}]({FIGURES}/{Path(p).name})" for name, p in files.items()]
-    lines += ["", f"![confusion matrix]({FIGURES}/confusion.png)", ""]
+    if "confusion" in files:
+        lines += ["", f"![confusion matrix]({FIGURES}/confusion.png)", ""]
+    else:
+        lines += ["", f"![accuracy per class]({FIGURES}/class_accuracy.png)", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (REPORT + ".tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")

@@ -43,9 +43,10 @@ def doc_string(predictor: Predictor) -> str:
     s = predictor.image_size
     pre = predictor.preprocess_dict
     return (
-        f"MAIST hiragana classifier ({type(predictor.net).__name__}, {len(predictor.classes)} classes). "
-        f"Input 'image': float32 [N, 1, {s}, {s}], N free, values in [0, 1], ink BRIGHT (1) on a black (0) "
-        f"background, after MAIST preprocessing. For an ETL8G record: levels/15, then maist.data.preprocess."
+        f"MAIST handwritten-character classifier ({type(predictor.net).__name__}, {len(predictor.classes)} "
+        f"classes). Input 'image': float32 [N, 1, {s}, {s}], N free, values in [0, 1], ink BRIGHT (1) on a black "
+        f"(0) background, after MAIST preprocessing. For an ETL record: levels / max level (15; 1 for the "
+        f"binary ETL8B2 and ETL9B), then maist.data.preprocess."
         f"Preprocess(**preprocess) with the 'preprocess' metadata ({json.dumps(pre)}). For a picture of dark "
         f"ink on light paper: maist.images.to_model_input(load_image(path), preprocess) (grey, invert, remove "
         f"the background, crop to the ink, pad to a square where the ink's longer side is "
@@ -101,7 +102,8 @@ def export_onnx(predictor: Predictor, out: Path, opset: int = 17) -> Path:
 
 def check_batch(predictor: Predictor, n: int = 32, seed: int = 0) -> torch.Tensor:
     """A batch of network inputs: preprocessed records of the shipped sample (not ETL data) and
-    random images, so the check covers real-looking and arbitrary inputs."""
+    random images, so the check covers real-looking and arbitrary inputs. (The check compares
+    two runtimes of one network: any characters do, whatever the checkpoint's class set.)"""
     from maist.data.etl import read_etl8g
     from maist.data.preprocess import etl_levels_to_float
     from maist.data.sample import SAMPLE_ZIP
@@ -112,7 +114,7 @@ def check_batch(predictor: Predictor, n: int = 32, seed: int = 0) -> torch.Tenso
     try:
         recs = read_etl8g(SAMPLE_ZIP)
         idx = np.linspace(0, len(recs) - 1, n_rec).astype(int)
-        parts.append(predictor.preprocess(etl_levels_to_float(recs.images[idx]))[:, None])
+        parts.append(predictor.preprocess(etl_levels_to_float(recs.images[idx], recs.max_level))[:, None])
     except Exception:  # the sample is optional for this check
         n_rec = 0
     g = torch.Generator().manual_seed(seed)

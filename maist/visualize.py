@@ -1,7 +1,8 @@
 """The article's figures for one character, as PNG files.
 
     python -m maist.visualize ckpt_path=CKPT char=ぬ                  # a record of the shipped sample
-    python -m maist.visualize ckpt_path=CKPT char=ぬ data_root=ETL8G  # … or of your ETL8G
+    python -m maist.visualize ckpt_path=CKPT char=ぬ data_root=ETL8G  # … or of your ETL data
+    python -m maist.visualize ckpt_path=CKPT char=亜 data_root=ETL9G  # (any layout, any class set)
     python -m maist.visualize ckpt_path=CKPT input=my.png             # your own picture
 
 Writes, into ``out=`` (default ``outputs/visualize/<char or picture stem>/``): the input as the
@@ -22,7 +23,7 @@ import numpy as np
 
 from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
 
-USAGE = """usage: python -m maist.visualize ckpt_path=CKPT (char=ぬ [data_root=ETL8G] [record=0] | input=my.png) [out=DIR] [k=5]"""
+USAGE = """usage: python -m maist.visualize ckpt_path=CKPT (char=ぬ [data_root=ETL8G|ETL9G|…] [record=0] | input=my.png) [out=DIR] [k=5]"""
 
 DEFAULTS = {"ckpt_path": None, "char": None, "input": None, "data_root": None, "record": 0, "out": None,
             "k": 5, "ink_ratio": None, "torch_threads": 1}
@@ -32,8 +33,9 @@ ORDER = ("input", "filters", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2
 
 
 def record_of(char: str, data_root=None, record: int = 0) -> np.ndarray:
-    """The ``record``-th ETL8G record of ``char`` under ``data_root`` (default: the shipped,
-    generated sample) as (127, 128) float in [0, 1], ink bright, as training reads it."""
+    """The ``record``-th record of ``char`` under ``data_root`` (any layout ``maist.data.etl``
+    reads; default: the shipped, generated sample) as (H, W) float in [0, 1], ink bright, as
+    training reads it (levels over the layout's own maximum: 15, or 1 for binary records)."""
     from maist.data.etl import EtlFormatError, read_etl8g
     from maist.data.kana import char_to_jis
     from maist.data.preprocess import etl_levels_to_float
@@ -52,7 +54,7 @@ def record_of(char: str, data_root=None, record: int = 0) -> np.ndarray:
         raise UsageError(f"{root}: no record of {char!r}")
     if not 0 <= int(record) < len(recs):
         raise UsageError(f"record={record}: {root} holds {len(recs)} records of {char!r} (0…{len(recs) - 1})")
-    return etl_levels_to_float(recs.images[int(record)])
+    return etl_levels_to_float(recs.images[int(record)], recs.max_level)
 
 
 def write_figures(predictor: Predictor, x, out: Path, k: int = 5) -> list[Path]:

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "tile_grid", "filter_grid", "feature_figures", "bar_chart", "confusion_image", "gallery",
-    "find_cjk_font", "save_png", "grid_columns", "colormap",
+    "histogram", "stack_rows", "find_cjk_font", "save_png", "grid_columns", "colormap",
 ]
 
 # Fonts that can draw kana, best first; searched when fc-list is missing or finds nothing.
@@ -49,6 +49,7 @@ _FONT_PREFERENCE = ("notosanscjk-regular", "notosanscjkjp-regular", "ipaexg", "i
                     "japanese-gothic", "takaog", "vl-gothic", "notosanscjk", "gothic")
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+HISTOGRAM_MARGINS = (44, 12, 24, 34)  # left, right, top, bottom: room for the labels
 TEXT, MUTED, BAR, BAR_TOP, WRONG = (30, 30, 30), (120, 120, 120), (150, 170, 200), (40, 100, 190), (200, 40, 40)
 
 
@@ -441,3 +442,52 @@ def gallery(images, true_labels, pred_labels, classes: Sequence[str] | None = No
             _draw_text(draw, (cx, cy), s, size, colour, "lm")
             cx += _text_width(s, size)
     return np.asarray(img)
+
+
+def histogram(values, bins: int = 20, value_range: tuple[float, float] = (0.0, 1.0), width: int = 480,
+              height: int = 240, title: str = "", xlabel: str = "") -> np.ndarray:
+    """A histogram of ``values`` as bars (``bins`` equal bins over ``value_range``), RGB uint8.
+
+    The plot area is the image less ``HISTOGRAM_MARGINS``; the tallest bar fills its height
+    and the others are proportional (a non-empty bin is at least 1 pixel high). Under the bars:
+    the range's ends and middle, and ``xlabel``; above: ``title``; left: 0 and the largest count.
+    """
+    counts, _ = np.histogram(_to_numpy(values).reshape(-1), bins=bins, range=value_range)
+    size = 12
+    left, right, top, bottom = HISTOGRAM_MARGINS
+    plot_w, plot_h = width - left - right, height - top - bottom
+    img = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(img)
+    peak = max(int(counts.max()), 1)
+    bar_w = plot_w / bins
+    for i, c in enumerate(counts):
+        if c:
+            h = max(1, round(plot_h * int(c) / peak))
+            x0 = left + round(i * bar_w)
+            x1 = left + round((i + 1) * bar_w) - 2  # a 1-pixel gap between bars
+            draw.rectangle([x0, top + plot_h - h, x1, top + plot_h - 1], fill=BAR_TOP)
+    draw.line([left, top + plot_h, left + plot_w, top + plot_h], fill=MUTED)  # the axis
+    lo, hi = value_range
+    for frac in (0.0, 0.5, 1.0):
+        x = left + frac * plot_w
+        _draw_text(draw, (x, top + plot_h + 3), f"{lo + frac * (hi - lo):g}", size, TEXT, "ma")
+    if xlabel:
+        _draw_text(draw, (left + plot_w / 2, height - 3), xlabel, size, MUTED, "mb")
+    _draw_text(draw, (left - 4, top), str(peak), size, TEXT, "ra")
+    _draw_text(draw, (left - 4, top + plot_h), "0", size, TEXT, "rb")
+    if title:
+        _draw_text(draw, (left, 4), title, size, TEXT, "la")
+    return np.asarray(img)
+
+
+def stack_rows(images: Sequence[np.ndarray], pad: int = 6) -> np.ndarray:
+    """RGB images one under another, ``pad`` white pixels apart, left-aligned on white."""
+    if not images:
+        raise ValueError("no images to stack")
+    width = max(im.shape[1] for im in images)
+    out = np.full((sum(im.shape[0] for im in images) + pad * (len(images) - 1), width, 3), 255, np.uint8)
+    y = 0
+    for im in images:
+        out[y : y + im.shape[0], : im.shape[1]] = im if im.ndim == 3 else im[..., None]
+        y += im.shape[0] + pad
+    return out

@@ -1,4 +1,5 @@
-"""analyse_test on a fake model whose predictions are written into its input images."""
+"""analyse_test on a fake model whose predictions are written into its input images (stored as
+uint8, as the cache holds them: the model reads its answer back as round(255 x))."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from maist.analysis import analyse_test, confused_pairs, confusion_matrix
+from maist import viz
+from maist.analysis import (
+    ERRORS_PER_CLASS, READABLE_CLASSES, WORST_CLASSES, analyse_test, class_accuracy, confused_pairs,
+    confusion_matrix, predict,
+)
 from maist.data.datamodule import Part
 from maist.data.kana import class_set
 
@@ -20,14 +25,25 @@ HA, BA, PA, A = (CLASSES.index(c) for c in "はばぱあ")
 
 
 class ReadsItsAnswer(nn.Module):
-    """Predicts the class stored in pixel (0, 0) of each image."""
+    """Predicts the class stored in pixel (0, 0) of each image (float in [0, 1], as the networks
+    get them: the stored value is round(255 x))."""
 
-    def __init__(self):
+    def __init__(self, num_classes: int = C):
         super().__init__()
+        self.num_classes = num_classes
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x):
-        return nn.functional.one_hot(x[:, 0, 0, 0].round().long(), C).float() + self.dummy
+        assert x.dtype == torch.float32 and float(x.max()) <= 1.0
+        return nn.functional.one_hot((x[:, 0, 0, 0] * 255).round().long(), self.num_classes).float() + self.dummy
+
+
+def answer_store(preds, side=12, seed=0) -> torch.Tensor:
+    """uint8 images (N, 1, side, side) of noise, each with its prediction in pixel (0, 0)."""
+    g = torch.Generator().manual_seed(seed)
+    store = torch.randint(0, 128, (len(preds), 1, side, side), generator=g, dtype=torch.uint8)
+    store[:, 0, 0, 0] = torch.as_tensor(preds, dtype=torch.uint8)
+    return store
 
 
 class FakeExperiment:
@@ -49,9 +65,10 @@ def fake():
     writers = torch.tensor([r[0] for r in ROWS])
     targets = torch.tensor([r[1] for r in ROWS])
     preds = torch.tensor([r[2] for r in ROWS])
-    data = torch.rand(len(ROWS), 1, 12, 12) * 0.5
-    data[:, 0, 0, 0] = preds.float()  # the model reads its answer here
-    dm = SimpleNamespace(classes=CLASSES, test_set=Part(data, targets, writers),
+    # The test part is every other row of a store twice as long (as a split's parts are).
+    store = answer_store(torch.stack([preds, torch.zeros_like(preds)], 1).reshape(-1))
+    part = Part(store, targets, writers, rows=torch.arange(0, 2 * len(ROWS), 2))
+    dm = SimpleNamespace(classes=CLASSES, test_set=part,
                          hparams=SimpleNamespace(eval_batch_size=5))  # several batches
     return ReadsItsAnswer(), dm
 
@@ -116,11 +133,84 @@ def test_confusion_png_is_71_by_71_cells(fake, tmp_path, monkeypatch):
 
 def test_no_errors_still_reports(tmp_path):
     targets = torch.tensor([A, HA, BA])
-    data = torch.zeros(3, 1, 8, 8)
-    data[:, 0, 0, 0] = targets.float()
-    dm = SimpleNamespace(classes=CLASSES, test_set=Part(data, targets, torch.tensor([1, 1, 2])),
+    dm = SimpleNamespace(classes=CLASSES, test_set=Part(answer_store(targets, side=8), targets, torch.tensor([1, 1, 2])),
                          hparams=SimpleNamespace(eval_batch_size=1000))
     summary = analyse_test(ReadsItsAnswer(), dm, tmp_path, [])
     assert summary["errors"] == 0 and summary["confused_pairs"] == [] and summary["writer_acc_min"] == 1.0
     assert (tmp_path / "figures" / "confusion.png").is_file()
     assert "No confusions" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_predict_takes_parts_and_tensors_uint8_or_float():
+    preds = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    store = answer_store(preds)
+    model = ReadsItsAnswer()
+    assert predict(model, Part(store, preds, preds), batch_size=3).tolist() == preds.tolist()
+    assert predict(model, store, batch_size=3).tolist() == preds.tolist()
+    assert predict(model, store.float() / 255, batch_size=100).tolist() == preds.tolist()
+    assert predict(model, store[:0]).tolist() == []
+
+
+def test_class_accuracy_lists_the_classes_present_worst_first():
+    cm = confusion_matrix([0, 0, 0, 2, 2, 3], [0, 1, 1, 2, 2, 0], 4)
+    rows = class_accuracy(cm, ["a", "b", "c", "d"])
+    assert [(r["class"], r["n"], r["acc"], r["taken_for"]) for r in rows] == [
+        ("d", 1, 0.0, "a"), ("a", 3, 0.3333, "b"), ("c", 2, 1.0, None)]  # b has no test image
+
+
+# ---------------------------------------------------------------- more classes than a matrix can show
+BIG = [f"k{i}" for i in range(READABLE_CLASSES + 50)]
+
+
+def big_test_set():
+    """12 classes present of 150; class k (k < 10) is right on all but k of its 10 images (taken
+    for class 100 + k); classes 10 and 11 are always right."""
+    targets, preds = [], []
+    for k in range(12):
+        wrong = k if k < 10 else 0
+        targets += [k] * 10
+        preds += [100 + k] * wrong + [k] * (10 - wrong)
+    targets, preds = torch.tensor(targets), torch.tensor(preds)
+    writers = torch.arange(len(targets)) % 4
+    part = Part(answer_store(preds), targets, writers)
+    return SimpleNamespace(classes=BIG, test_set=part, hparams=SimpleNamespace(eval_batch_size=50))
+
+
+def test_many_classes_get_a_histogram_and_the_worst_classes(tmp_path, monkeypatch):
+    seen = {}
+    real_hist, real_gallery = viz.histogram, viz.gallery
+
+    def hist(values, **kw):
+        seen["values"] = list(values)
+        return real_hist(values, **kw)
+
+    def gallery(images, t, p, classes=None, **kw):
+        seen.setdefault("galleries", []).append((t.tolist(), p.tolist(), kw.get("ncols")))
+        return real_gallery(images, t, p, classes, **kw)
+
+    monkeypatch.setattr(viz, "histogram", hist)
+    monkeypatch.setattr(viz, "gallery", gallery)
+    logger = SimpleNamespace(experiment=FakeExperiment())
+    summary = analyse_test(ReadsItsAnswer(len(BIG)), big_test_set(), tmp_path, [logger])
+
+    assert summary["errors"] == sum(range(10)) and summary["classes_in_test"] == 12
+    # the 12 classes present, no others: accuracy 1.0 (k = 0, 10, 11), 0.9, …, 0.1
+    assert sorted(seen["values"]) == sorted([1.0] * 3 + [round(1 - k / 10, 4) for k in range(1, 10)])
+    assert set(logger.experiment.images) == {"test/class_accuracy", "test/worst_classes",
+                                             "test/misclassified", "test/worst_writers"}
+    assert not (tmp_path / "figures" / "confusion.png").exists()
+    worst = summary["worst_classes"]
+    assert len(worst) == WORST_CLASSES
+    assert [(w["class"], w["acc"], w["taken_for"]) for w in worst[:3]] == [
+        ("k9", 0.1, "k109"), ("k8", 0.2, "k108"), ("k7", 0.3, "k107")]
+    # one gallery row per worst class, at most ERRORS_PER_CLASS of its errors each
+    rows = [g for g in seen["galleries"] if g[2] == ERRORS_PER_CLASS]
+    assert [t[0] for t, _, _ in rows] == [9, 8, 7, 6, 5, 4, 3, 2]
+    assert [len(t) for t, _, _ in rows] == [8, 8, 7, 6, 5, 4, 3, 2]
+    assert all(p == [100 + t[0]] * len(t) for t, p, _ in rows)
+    pairs = summary["confused_pairs"]
+    assert (pairs[0]["true"], pairs[0]["pred"], pairs[0]["count"]) == ("k9", "k109", 9)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| k9 | 10 | 10.0% | k109 |" in report and "figures/class_accuracy.png" in report
+    assert "- classes: 12 of 150 in the test set" in report
+

@@ -7,18 +7,24 @@ import io
 import logging
 import os
 import shutil
+import threading
+import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import maist.data.cache as cache_mod
+import maist.data.datamodule as datamodule_mod
 import maist.data.dataset as dataset_mod
-from maist.data.cache import cache_key, cached_arrays, check_arrays
-from maist.data.datamodule import BatchIndexSampler, MaistDataModule, Part
-from maist.data.dataset import EtlHiragana, check_loaded, load_arrays
+from maist.data.cache import (
+    NPY_HEADER_BYTES, RowWriter, cache_key, cached_arrays, check_arrays, load_entry, npy_header, save_small,
+)
+from maist.data.datamodule import BatchIndexSampler, MaistDataModule, Part, TensorBatches
+from maist.data.dataset import EtlHiragana, check_loaded, load_arrays, to_float, to_uint8
 from maist.data.etl import EtlFormatError, pack_records, read_etl8g, write_etl8g
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
 from maist.data.preprocess import Preprocess, etl_levels_to_float
@@ -30,21 +36,33 @@ TINY = Preprocess(image_size=8)
 KANJI = [0x3021, 0x3022, 0x4E3F]
 
 
-def npz_files(folder: Path) -> list[Path]:
-    return sorted(Path(folder).glob("*.npz")) if Path(folder).exists() else []
+def entries(folder: Path) -> list[Path]:
+    """The cache entries in ``folder`` (folders; not lock files, not temporaries)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.exists() else []
+
+
+def leftovers(folder: Path) -> list[str]:
+    """What ``folder`` holds besides its lock files."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.suffix != ".lock")
+
+
+def quantised(floats: torch.Tensor) -> torch.Tensor:
+    """Preprocessed floats as the cache stores them."""
+    return torch.from_numpy(to_uint8(floats))
 
 
 @pytest.fixture
 def read_calls(monkeypatch):
-    """Count the decodes EtlHiragana does (each cache miss decodes once)."""
+    """Count the builds EtlHiragana does (each cache miss decodes the root once)."""
     calls = []
-    real = dataset_mod.read_etl8g
+    real = dataset_mod.build_arrays
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dataset_mod, "read_etl8g", counting)
+    monkeypatch.setattr(dataset_mod, "build_arrays", counting)
     return calls
 
 
@@ -162,12 +180,17 @@ def test_dataset_on_generated_records(hiragana_folder, tmp_path):
     assert ds.classes == list(HIRAGANA71)
     assert ds.targets.tolist() == [h71.jis_to_label[j] for j in src["jis"][keep].tolist()]
     assert ds.writers.tolist() == src["sheet"][keep].tolist()
+    assert ds.images.shape == (len(ds), 1, 8, 8) and ds.images.dtype == torch.uint8
     assert ds.data.shape == (len(ds), 1, 8, 8) and ds.data.dtype == torch.float32
-    # The dataset holds exactly what the one preprocessing function makes of the records.
+    # The dataset holds exactly what the one preprocessing function makes of the records,
+    # stored as round(255 x): within half a step of it as floats.
     expected = TINY(etl_levels_to_float(src["images"][keep]))
-    torch.testing.assert_close(ds.data[:, 0], expected)
+    assert torch.equal(ds.images[:, 0], quantised(expected))
+    torch.testing.assert_close(ds.data[:, 0], expected, atol=0.5 / 255 + 1e-6, rtol=0)
     img, target = ds[5]
-    assert img.shape == (1, 8, 8) and target == h71.label_of(HIRAGANA71[5]) and isinstance(target, int)
+    assert img.shape == (1, 8, 8) and img.dtype == torch.float32
+    assert torch.equal(img, ds.images[5].float() / 255)
+    assert target == h71.label_of(HIRAGANA71[5]) and isinstance(target, int)
     assert ds.writer(71) == 101
     assert ds.class_counts() == {c: 6 for c in HIRAGANA71}
 
@@ -187,7 +210,7 @@ def test_class_set_that_selects_nothing(make_records, tmp_path):
         EtlHiragana(root, preprocess=TINY, cache_dir=tmp_path / "c")
     msg = str(err.value)
     assert str(root) in msg and "hiragana71" in msg and "6" in msg
-    assert npz_files(tmp_path / "c") == []
+    assert entries(tmp_path / "c") == [] and leftovers(tmp_path / "c") == []
 
 
 def test_dataset_missing_root(tmp_path):
@@ -201,7 +224,7 @@ def test_dataset_missing_root(tmp_path):
 def test_second_load_hits_the_cache(hiragana_folder, tmp_path, read_calls):
     src = hiragana_folder("あいうえお", writers=[1, 2, 3])
     first = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
-    assert len(read_calls) == 1 and len(npz_files(tmp_path / "c")) == 1
+    assert len(read_calls) == 1 and len(entries(tmp_path / "c")) == 1
     second = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(read_calls) == 1
     torch.testing.assert_close(second.data, first.data)
@@ -217,7 +240,7 @@ def test_changed_mtime_misses(hiragana_folder, tmp_path, read_calls):
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
-    assert len(read_calls) == 2 and len(npz_files(tmp_path / "c")) == 2
+    assert len(read_calls) == 2 and len(entries(tmp_path / "c")) == 2
 
 
 def test_changed_size_misses_and_sees_new_records(hiragana_folder, tmp_path, read_calls):
@@ -245,7 +268,7 @@ def test_changed_parameters_miss(hiragana_folder, tmp_path, read_calls, change):
     base = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     kwargs = {"preprocess": TINY, "class_set": "hiragana71", **change}
     other = EtlHiragana(src["root"], cache_dir=tmp_path / "c", **kwargs)
-    assert len(read_calls) == 2 and len(npz_files(tmp_path / "c")) == 2
+    assert len(read_calls) == 2 and len(entries(tmp_path / "c")) == 2
     if "class_set" in change:
         assert len(other) == len(base) + 2  # っ is in the 75 classes
     elif change["preprocess"].threshold == 0:  # (these blobs have nothing below 0.2 to cut)
@@ -282,24 +305,26 @@ def test_default_cache_dir_follows_the_environment(hiragana_folder, tmp_path, mo
     monkeypatch.setenv("MAIST_CACHE_DIR", str(tmp_path / "env-cache"))
     src = hiragana_folder("あ", writers=[1])
     EtlHiragana(src["root"], preprocess=TINY)  # cache_dir=None
-    assert len(npz_files(tmp_path / "env-cache")) == 1
+    assert len(entries(tmp_path / "env-cache")) == 1
 
 
 def test_interrupted_savez_leaves_no_cache_file(hiragana_folder, tmp_path, read_calls, monkeypatch):
+    """Interrupted after the images were written, while writing the small arrays: the
+    temporary folder goes, and no entry appears."""
     src = hiragana_folder("あい", writers=[1, 2])
     real_savez = np.savez
 
     def savez_then_die(file, **arrays):
-        file.write(b"PK\x03\x04 half an npz")  # some bytes, then the process is interrupted
+        Path(file).write_bytes(b"PK\x03\x04 half an npz")  # some bytes, then the process is interrupted
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cache_mod.np, "savez", savez_then_die)
     with pytest.raises(KeyboardInterrupt):
         EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
-    assert npz_files(tmp_path / "c") == []
+    assert entries(tmp_path / "c") == [] and leftovers(tmp_path / "c") == []
     monkeypatch.setattr(cache_mod.np, "savez", real_savez)
     ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
-    assert len(ds) == 4 and len(read_calls) == 2 and len(npz_files(tmp_path / "c")) == 1
+    assert len(ds) == 4 and len(read_calls) == 2 and len(entries(tmp_path / "c")) == 1
 
 
 class _DiesHalfway(io.RawIOBase):
@@ -361,20 +386,25 @@ def test_interrupted_file_write_leaves_no_file(hiragana_folder, tmp_path, read_c
     cache.mkdir()
     with failing_writes(cache, exc):
         if isinstance(exc, OSError):
-            ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)  # goes on uncached
-            assert len(ds) == 4
+            # The first write (the image array's header) fails before anything is decoded;
+            # the build then runs again in a temporary folder outside the cache.
+            ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
+            assert len(ds) == 4 and len(read_calls) == 2
         else:
             with pytest.raises(KeyboardInterrupt):
                 EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
-    assert npz_files(cache) == []  # nothing that could load as valid
-    assert list(cache.iterdir()) == []  # and no temporary left behind either
+            assert len(read_calls) == 1
+    assert entries(cache) == []  # nothing that could load as valid
+    key = cache_key(src["root"], {"class_set": "hiragana71", "preprocess": TINY.as_dict()})
+    assert [p.name for p in cache.iterdir()] == [f"{key}.lock"]  # no temporary left behind
+    calls = len(read_calls)
     EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
     EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
-    assert len(read_calls) == 2  # the failed run and one more; then a hit
+    assert len(read_calls) == calls + 1  # one more build; then a hit
 
 
 def _corrupt_garbage(data: bytes) -> bytes:
-    return b"this is not an npz file" * 20
+    return b"this is neither an npy nor an npz file" * 20
 
 
 def _corrupt_empty(data: bytes) -> bytes:
@@ -386,48 +416,135 @@ def _corrupt_truncated(data: bytes) -> bytes:
 
 
 def _corrupt_bit_flip(data: bytes) -> bytes:
+    """A byte of the first array's data (just past its .npy header) flipped."""
     flipped = bytearray(data)
-    flipped[len(data) // 2] ^= 0xFF
+    flipped[data.index(b"\x93NUMPY") + NPY_HEADER_BYTES + 1] ^= 0xFF
     return bytes(flipped)
 
 
+def _corrupt_more_rows(data: bytes) -> bytes:
+    """The header claims one row more than the file holds."""
+    n = int(data[:NPY_HEADER_BYTES].split(b"'shape': (")[1].split(b",")[0])
+    return npy_header(np.uint8, (n + 1, 8, 8)) + data[NPY_HEADER_BYTES:]
 
-@pytest.mark.parametrize("corrupt", [
-    _corrupt_garbage,
-    _corrupt_empty,
-    _corrupt_truncated,
-    _corrupt_bit_flip,
+
+@pytest.mark.parametrize("name, corrupt", [
+    ("images.npy", _corrupt_garbage),
+    ("images.npy", _corrupt_empty),
+    ("images.npy", _corrupt_truncated),
+    ("images.npy", _corrupt_more_rows),
+    ("images.npy", None),  # missing
+    ("arrays.npz", _corrupt_garbage),
+    ("arrays.npz", _corrupt_empty),
+    ("arrays.npz", _corrupt_truncated),
+    ("arrays.npz", _corrupt_bit_flip),  # the zip's CRC
+    ("arrays.npz", None),
 ])
-def test_corrupt_cache_file_is_recomputed(hiragana_folder, tmp_path, read_calls, corrupt):
+def test_corrupt_cache_file_is_recomputed(hiragana_folder, tmp_path, read_calls, caplog, name, corrupt):
     src = hiragana_folder("あいう", writers=[1, 2])
     cache = tmp_path / "c"
     good = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
-    [path] = npz_files(cache)
-    path.write_bytes(corrupt(path.read_bytes()))
-    again = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
+    images, targets = good.images.clone(), good.targets.tolist()
+    del good  # its memory map: a mapped file changed in place is a SIGBUS waiting to happen
+    [entry] = entries(cache)
+    path = entry / name
+    if corrupt is None:
+        path.unlink()
+    else:
+        path.write_bytes(corrupt(path.read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="maist.data.cache"):
+        again = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
     assert len(read_calls) == 2
-    torch.testing.assert_close(again.data, good.data)
-    assert again.targets.tolist() == good.targets.tolist()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"deleting bad cache entry {entry} (")
+    assert torch.equal(again.images, images) and again.targets.tolist() == targets
     EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)  # rewritten: a hit now
-    assert len(read_calls) == 2
+    assert len(read_calls) == 2 and entries(cache) == [entry] and leftovers(cache) == [entry.name]
+
+
+def write_rows(folder: Path, name: str, rows: np.ndarray, capacity: int | None = None) -> None:
+    with RowWriter(folder / name, capacity or len(rows), rows.shape[1:], rows.dtype) as out:
+        out.append(rows)
 
 
 def test_cached_arrays_round_trip(hiragana_folder, tmp_path):
     src = hiragana_folder("あ", writers=[1])
-    arrays = {"a": np.arange(12).reshape(3, 4), "b": np.array(7)}
+    big, small = np.arange(24, dtype=np.uint8).reshape(3, 2, 4), np.array(7)
     calls = []
 
-    def compute():
-        calls.append(1)
-        return arrays
+    def build(folder):
+        calls.append(folder)
+        write_rows(folder, "big.npy", big)
+        save_small(folder, b=small)
 
-    first = cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c")
-    second = cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c")
-    third = cached_arrays(src["root"], {"k": 2}, compute, tmp_path / "c")
+    first = cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c")
+    second = cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c")
+    third = cached_arrays(src["root"], {"k": 2}, build, tmp_path / "c")
     assert len(calls) == 2
+    assert all(p.parent == tmp_path / "c" and p.name.endswith(".tmp") for p in calls)  # built beside
     for got in (first, second, third):
-        np.testing.assert_array_equal(got["a"], arrays["a"])
+        assert sorted(got) == ["b", "big"]
+        np.testing.assert_array_equal(got["big"], big)
+        assert isinstance(got["big"], np.memmap) and got["big"].mode == "c"  # mapped, not read
         assert int(got["b"]) == 7
+    uncached = cached_arrays(src["root"], {"k": 1}, build, False)
+    assert len(calls) == 3 and not calls[-1].exists()  # built in a temporary folder, gone
+    np.testing.assert_array_equal(uncached["big"], big)  # still readable: the map holds the data
+
+
+def test_row_writer_fills_in_order_and_cuts_at_the_rows_written(tmp_path):
+    rows = np.arange(5 * 3 * 2, dtype=np.uint8).reshape(5, 3, 2)
+    path = tmp_path / "rows.npy"
+    with RowWriter(path, capacity=100, row_shape=(3, 2)) as out:
+        assert path.stat().st_size == NPY_HEADER_BYTES + 100 * 6  # the full size from the start
+        out.append(rows[:2])
+        out.append(rows[2:])
+        with pytest.raises(ValueError, match="rows of shape"):
+            out.append(np.zeros((1, 2, 3), np.uint8))
+    assert path.stat().st_size == NPY_HEADER_BYTES + 5 * 6
+    np.testing.assert_array_equal(np.load(path), rows)
+    with pytest.raises(ValueError, match="more than the 2 rows"):
+        with RowWriter(tmp_path / "small.npy", capacity=2, row_shape=(3, 2)) as out:
+            out.append(rows[:3])
+    assert len(npy_header(np.uint8, (10**12, 4096, 4096))) == NPY_HEADER_BYTES
+
+
+def test_a_killed_builds_temporary_folder_goes_with_the_next_build(hiragana_folder, tmp_path):
+    src = hiragana_folder("あ", writers=[1])
+    key = cache_key(src["root"], {"k": 1})
+    stale = tmp_path / "c" / f".{key}.x1y2.tmp"  # as a SIGKILL in the middle of a build leaves it
+    stale.mkdir(parents=True)
+    (stale / "images.npy").write_bytes(b"half")
+    cached_arrays(src["root"], {"k": 1}, lambda folder: save_small(folder, n=np.array(1)), tmp_path / "c")
+    assert leftovers(tmp_path / "c") == [key]
+
+
+def test_concurrent_misses_build_once(hiragana_folder, tmp_path):
+    """Processes (here threads, each with its own lock file handle) that miss at the same time:
+    the first builds, the others wait on the lock and load its entry."""
+    src = hiragana_folder("あ", writers=[1])
+    calls, results = [], []
+    arrived = threading.Barrier(3)
+
+    def build(folder):
+        calls.append(folder)
+        time.sleep(0.5)  # the others arrive meanwhile, and wait
+        write_rows(folder, "big.npy", np.full((4, 2), 9, np.uint8))
+        save_small(folder, n=np.array(4))
+
+    def load():
+        arrived.wait()
+        results.append(cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c"))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 3
+    assert all(int(r["n"]) == 4 and (r["big"] == 9).all() for r in results)
+    key = cache_key(src["root"], {"k": 1})
+    assert leftovers(tmp_path / "c") == [key] and (tmp_path / "c" / f"{key}.lock").is_file()
 
 
 # ================================================================ splits
@@ -572,12 +689,17 @@ def test_datamodule_writer_split(hiragana_folder, tmp_path):
     writer_sets = [set(p.writers.tolist()) for p in parts]
     assert set().union(*writer_sets) == set(range(1, 11))
     assert sum(len(w) for w in writer_sets) == 10  # no writer on two sides
-    # Loaders: training batches of batch_size, evaluation covers the part in order.
+    # Loaders: training batches of batch_size as stored (uint8), evaluation covers the part in order.
     x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (16, 1, 8, 8) and y.shape == (16,)
+    assert x.shape == (16, 1, 8, 8) and x.dtype == torch.uint8 and y.shape == (16,)
     xs, ys = zip(*dm.test_dataloader())
-    torch.testing.assert_close(torch.cat(xs), dm.test_set.data)
+    assert torch.equal(torch.cat(xs), dm.test_set.images())
     assert torch.cat(ys).tolist() == dm.test_set.targets.tolist()
+    # ... made float per batch, after the transfer to the device
+    fx, fy = dm.on_after_batch_transfer((xs[0], ys[0]), 0)
+    assert fx.dtype == torch.float32 and torch.equal(fx, xs[0].float() / 255) and fy is ys[0]
+    # The parts share the dataset's images: nothing is copied.
+    assert dm.train_set.store is dm.val_set.store is dm.test_set.store
 
 
 def test_datamodule_with_test_root(hiragana_folder, tmp_path):
@@ -611,13 +733,88 @@ def test_datamodule_rejects_unknown_sampler(tmp_path):
         MaistDataModule(root=str(tmp_path), sampler="shuffle")
 
 
+def fake_dataset(n=10):
+    """A dataset whose image k holds the value 10 k everywhere."""
+    return SimpleNamespace(images=(torch.arange(n, dtype=torch.uint8) * 10).reshape(n, 1, 1, 1).expand(n, 1, 2, 2),
+                           targets=torch.arange(n) % 3, writers=torch.arange(n) // 2)
+
+
 def test_part_of():
-    ds = type("DS", (), {})()
-    ds.data, ds.targets, ds.writers = torch.arange(10.0), torch.arange(10) % 3, torch.arange(10) // 2
+    ds = fake_dataset()
     part = Part.of(ds, np.array([1, 4, 9]))
-    assert part.data.tolist() == [1.0, 4.0, 9.0] and part.writers.tolist() == [0, 2, 4]
-    assert len(Part.of(ds)) == 10
+    assert part.images()[:, 0, 0, 0].tolist() == [10, 40, 90] and part.writers.tolist() == [0, 2, 4]
+    assert part.images(2)[:, 0, 0, 0].tolist() == [90]
+    assert part.images(slice(1, None))[:, 0, 0, 0].tolist() == [40, 90]
+    assert part.images([2, 0])[:, 0, 0, 0].tolist() == [90, 10]
+    assert part.images(torch.tensor([1]))[:, 0, 0, 0].tolist() == [40]
+    assert part.float_images([0]).dtype == torch.float32 and part.float_images([0])[0, 0, 0, 0] == 10 / 255
+    assert torch.equal(part.data, part.float_images())
+    whole = Part.of(ds)
+    assert len(whole) == 10 and whole.images() is ds.images and whole.rows is None
     assert part.describe() == "3 images, 3 writers, 2 classes"
+
+
+def test_part_to_a_device_is_a_compact_copy(monkeypatch):
+    monkeypatch.setattr(datamodule_mod, "COPY_CHUNK", 2)  # several chunks
+    part = Part.of(fake_dataset(), np.array([9, 1, 4, 8, 0]))
+    moved = part.to("cpu")
+    assert moved.rows is None and moved.store.shape == (5, 1, 2, 2) and moved.store.is_contiguous()
+    assert torch.equal(moved.images(), part.images()) and torch.equal(moved.targets, part.targets)
+    assert moved.to("cpu") is moved  # already there
+    meta = part.to("meta")  # a device other than the host's, without an accelerator
+    assert meta.device.type == "meta" and meta.targets.device.type == "meta"
+    assert meta.images(torch.tensor([0, 3])).device.type == "meta"  # indexed on the device
+
+
+def test_ink_ratio_is_that_of_the_float_images():
+    g = torch.Generator().manual_seed(0)
+    store = torch.zeros(50, 1, 20, 20, dtype=torch.uint8)
+    for k in range(50):  # a box of side 4 + k % 13, some of it faint (below 0.3)
+        side = 4 + k % 13
+        store[k, 0, 2 : 2 + side, 3 : 3 + side] = 200
+        store[k, 0, 2, 3 : 3 + side + 2] = 76  # 76 / 255 < 0.3 < 77 / 255: not ink
+    part = Part(store, torch.zeros(50, dtype=torch.long), torch.zeros(50, dtype=torch.long))
+
+    def by_floats(x, level=0.3):  # the definition, on floats
+        ink = x[:, 0] > level
+        rows, cols = ink.any(2).float(), ink.any(1).float()
+        return float((torch.maximum(rows.sum(1), cols.sum(1)) / 20).median())
+
+    assert part.ink_ratio() == pytest.approx(by_floats(part.float_images()))
+    assert part.ink_ratio(chunk=7) == part.ink_ratio()
+    positions = torch.linspace(0, 49, 10).round().long()
+    assert part.ink_ratio(sample=10) == pytest.approx(by_floats(part.float_images(positions)))
+    assert Part(store[:0], store[:0, 0, 0, 0].long(), store[:0, 0, 0, 0].long()).ink_ratio() == 1.0
+
+
+class FakeStrategy:
+    def __init__(self, device):
+        self.root_device = torch.device(device)
+
+
+def test_training_images_go_to_the_device(hiragana_folder, tmp_path, monkeypatch):
+    """With a CUDA trainer, the training part is copied to the device once, when the training
+    loader is made, and batches are indexed there. No GPU here: the same path with "cpu"."""
+    src = hiragana_folder("あいうえお", writers=range(1, 11))
+    dm = datamodule(src["root"], tmp_path)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(strategy=FakeStrategy("cpu"), global_rank=0, world_size=1, global_step=0)
+    assert dm.images_device() is None  # the host is not a device to copy to
+    monkeypatch.setattr(datamodule_mod, "IMAGES_ON_DEVICE", ("cuda", "cpu"))
+    before = dm.train_set
+    loader = dm.train_dataloader()
+    after = dm.train_set
+    assert after is not before and after.rows is None  # the part's own images, compact
+    assert torch.equal(after.images(), before.images()) and torch.equal(after.targets, before.targets)
+    assert loader.dataset.part is after
+    x, y = next(iter(loader))
+    assert x.dtype == torch.uint8 and x.shape == (16, 1, 8, 8)
+    dm.train_dataloader()
+    assert dm.train_set is after  # copied once
+    dm.hparams.num_workers = 1  # workers cannot index device memory
+    assert dm.images_device() is None
+    dm.trainer = None
+    assert dm.images_device() is None
 
 
 # ================================================================ real internal data
@@ -677,7 +874,7 @@ def test_dataset_drops_duplicate_records(hiragana_folder, tmp_path, read_calls, 
             ds = EtlHiragana(root, preprocess=TINY, cache_dir=tmp_path / "c")
         assert len(ds) == 30 and ds.duplicates == 15 and ds.skipped == 0
         assert ds.writers.tolist() == src["sheet"].tolist()
-        torch.testing.assert_close(ds.data[:, 0], TINY(etl_levels_to_float(src["images"])))
+        assert torch.equal(ds.images[:, 0], quantised(TINY(etl_levels_to_float(src["images"]))))
         [warning] = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
         assert str(root) in warning and "dropped 15 duplicate records" in warning
     assert len(read_calls) == 1
@@ -711,6 +908,14 @@ def _flat_images(arrays):
     arrays["images"] = arrays["images"].reshape(len(arrays["images"]), -1)
 
 
+def _float_images(arrays):  # the format before CACHE_VERSION 3
+    arrays["images"] = arrays["images"].astype(np.float32) / 255
+
+
+def _bigger_images(arrays):
+    arrays["images"] = np.zeros((len(arrays["images"]), 10, 10), np.uint8)
+
+
 def _float_writers(arrays):
     arrays["writers"] = arrays["writers"].astype(np.float32)
 
@@ -719,31 +924,37 @@ def _no_duplicates_count(arrays):  # a cache written before CACHE_VERSION 2 had 
     del arrays["duplicates"]
 
 
-@pytest.mark.parametrize("spoil", [_drop_labels, _short_labels, _flat_images, _float_writers,
-                                   _no_duplicates_count])
-def test_inconsistent_cache_file_is_deleted_and_rewritten(hiragana_folder, tmp_path, read_calls,
-                                                          caplog, spoil):
+def write_entry(folder: Path, arrays: dict) -> None:
+    """An entry as cached_arrays writes one: the images as .npy, the rest in arrays.npz."""
+    folder.mkdir(parents=True)
+    if "images" in arrays:
+        np.save(folder / "images.npy", np.asarray(arrays["images"]))
+    np.savez(folder / "arrays.npz", **{k: v for k, v in arrays.items() if k != "images"})
+
+
+@pytest.mark.parametrize("spoil", [_drop_labels, _short_labels, _flat_images, _float_images, _bigger_images,
+                                   _float_writers, _no_duplicates_count])
+def test_inconsistent_cache_entry_is_deleted_and_rewritten(hiragana_folder, tmp_path, read_calls,
+                                                           caplog, spoil):
     src = hiragana_folder("あいう", writers=[1, 2, 3])
     good = load_arrays(src["root"], "hiragana71", TINY, cache_dir=False)
     arrays = dict(good)
     spoil(arrays)
     params = {"class_set": "hiragana71", "preprocess": TINY.as_dict()}
-    path = tmp_path / "c" / f"{cache_key(src['root'], params)}.npz"  # where the code looks
-    path.parent.mkdir()
-    np.savez(path, **arrays)  # a valid npz, inconsistent inside
+    entry = tmp_path / "c" / cache_key(src["root"], params)  # where the code looks
+    write_entry(entry, arrays)  # valid files, inconsistent inside
 
     with caplog.at_level(logging.WARNING, logger="maist.data.cache"):
         ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
 
     assert len(read_calls) == 2  # recomputed
     assert len(ds) == 9 and ds.targets.tolist() == good["labels"].tolist()
-    torch.testing.assert_close(ds.data[:, 0], torch.from_numpy(good["images"]))
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(np.asarray(good["images"])))
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert str(path) in warning.getMessage()
-    assert npz_files(tmp_path / "c") == [path]  # rewritten in place, and valid now
-    with np.load(path) as npz:
-        rewritten = {k: npz[k] for k in npz.files}
-    assert check_loaded(rewritten) is None and sorted(rewritten) == sorted(good)
+    assert str(entry) in warning.getMessage()
+    assert entries(tmp_path / "c") == [entry]  # rewritten in place, and valid now
+    rewritten = load_entry(entry)
+    assert check_loaded(rewritten, image_size=8) is None and sorted(rewritten) == sorted(good)
     for key in good:
         np.testing.assert_array_equal(rewritten[key], good[key])
     EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
@@ -751,22 +962,53 @@ def test_inconsistent_cache_file_is_deleted_and_rewritten(hiragana_folder, tmp_p
 
 
 def test_cache_validate_is_the_callers(hiragana_folder, tmp_path):
-    """cached_arrays knows no keys: the caller's validate decides, and a rejected file goes."""
+    """cached_arrays knows no keys: the caller's validate decides, and a rejected entry goes."""
     src = hiragana_folder("あ", writers=[1])
     calls = []
 
-    def compute():
+    def build(folder):
         calls.append(1)
-        return {"a": np.arange(3)}
+        save_small(folder, a=np.arange(3))
 
-    cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c")
-    [path] = npz_files(tmp_path / "c")
-    cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c", validate=lambda a: None)
+    cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c")
+    [path] = entries(tmp_path / "c")
+    cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c", validate=lambda a: None)
     assert len(calls) == 1
-    cached_arrays(src["root"], {"k": 1}, compute, tmp_path / "c",
+    cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c",
                   validate=lambda a: None if "b" in a else "no b")
-    assert len(calls) == 2 and npz_files(tmp_path / "c") == [path]
+    assert len(calls) == 2 and entries(tmp_path / "c") == [path]
     assert check_arrays({"a": np.zeros((2, 3)), "n": np.array(1)}, {"a": 2}, ("n",)) is None
     assert check_arrays({"a": np.zeros(2), "b": np.zeros(3)}, {"a": 1, "b": 1}) == \
         "arrays of different lengths: a 2, b 3"
     assert check_arrays({"a": np.zeros(2)}, {"a": 1}, ("n",)) == "missing n"
+
+
+def test_a_record_is_a_copy_only_if_header_and_pixels_agree(make_records, tmp_path):
+    """Same header, other pixels: two records. Same pixels, other header: two records. Both
+    the same (a file read twice): one."""
+    a, b = blob_images(2, seed=3)
+    jis = [char_to_jis("あ")] * 2
+    make_records(tmp_path / "etl", "ETL8G_01", jis=jis, sheet=1, serial=[7, 7], images=np.stack([a, b]))
+    make_records(tmp_path / "etl", "ETL8G_02", jis=jis, sheet=2, serial=[8, 9], images=np.stack([a, a]))
+    make_records(tmp_path / "etl", "ETL8G_03", jis=jis, sheet=1, serial=[7, 7], images=np.stack([b, a]))
+    arrays = load_arrays(tmp_path / "etl", "hiragana71", TINY, cache_dir=False)
+    assert int(arrays["duplicates"]) == 2 and arrays["writers"].tolist() == [1, 1, 2, 2]
+    expected = quantised(TINY(etl_levels_to_float(np.stack([a, b, a, a])))).numpy()
+    np.testing.assert_array_equal(arrays["images"], expected)
+
+
+def test_warm_load_maps_the_cache(hiragana_folder, tmp_path):
+    src = hiragana_folder("あいう", writers=[1, 2])
+    load_arrays(src["root"], "hiragana71", TINY, cache_dir=tmp_path / "c")
+    arrays = load_arrays(src["root"], "hiragana71", TINY, cache_dir=tmp_path / "c")
+    images = arrays["images"]
+    assert isinstance(images, np.memmap) and images.mode == "c" and images.dtype == np.uint8
+    assert Path(images.filename) == entries(tmp_path / "c")[0] / "images.npy"
+    assert images.offset == NPY_HEADER_BYTES and images.shape == (6, 8, 8)
+
+
+def test_uint8_round_trip():
+    x = torch.arange(256, dtype=torch.float32) / 255
+    assert torch.equal(torch.from_numpy(to_uint8(x)), torch.arange(256, dtype=torch.uint8))
+    assert torch.equal(to_float(torch.from_numpy(to_uint8(x))), x)
+    assert to_uint8(torch.tensor([0.0, 0.5 / 255 - 1e-6, 0.5 / 255 + 1e-6, 1.0])).tolist() == [0, 0, 1, 255]

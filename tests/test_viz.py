@@ -218,3 +218,23 @@ def test_save_png_round_trip_and_atomic(tmp_path):
     viz.save_png(rgb, path)  # overwrite in place
     assert np.array_equal(np.asarray(Image.open(path)), rgb)
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.png"]  # no temp files left
+
+
+def test_histogram_bars_are_proportional():
+    img = viz.histogram([0.05] * 4 + [0.95] * 2, bins=10, value_range=(0.0, 1.0), width=240, height=140)
+    left, right, top, bottom = viz.HISTOGRAM_MARGINS
+    plot_h, bar_w = 140 - top - bottom, (240 - left - right) / 10
+    blue = (img == np.array(viz.BAR_TOP, np.uint8)).all(axis=2)
+
+    def height(i):  # the bar of bin i, measured in its middle column
+        return int(blue[:, left + int((i + 0.5) * bar_w)].sum())
+
+    assert height(0) == plot_h and height(9) == plot_h // 2
+    assert all(height(i) == 0 for i in range(1, 9))
+
+
+def test_stack_rows():
+    a, b = np.zeros((3, 5, 3), np.uint8), np.zeros((2, 8, 3), np.uint8)
+    out = viz.stack_rows([a, b], pad=1)
+    assert out.shape == (6, 8, 3)
+    assert (out[3] == 255).all() and (out[:3, 5:] == 255).all() and (out[4:, :] == 0).all()

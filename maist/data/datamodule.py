@@ -1,4 +1,10 @@
-"""MaistDataModule: splits, samplers and batches straight from in-memory tensors."""
+"""MaistDataModule: splits, samplers and batches straight from the cached uint8 images.
+
+Batches leave the loaders as uint8, as stored (a quarter of the bytes of float32), and become
+float in [0, 1] in :meth:`MaistDataModule.on_after_batch_transfer`, on the training device. With a
+CUDA trainer (and ``num_workers=0``) the training images are copied to the device once, when the
+training loader is made, and batches are indexed there: no host copy per step.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from maist.data.dataset import EtlHiragana
+from maist.data.dataset import PIXEL_MAX, EtlHiragana, to_float
 from maist.data.kana import class_set as get_class_set
 from maist.data.preprocess import Preprocess
 from maist.data.split import SPLIT_MODES, make_split
@@ -20,19 +26,23 @@ from maist.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("with_replacement", "epoch")
+# Accelerators whose training images are copied to the device once and indexed there.
+IMAGES_ON_DEVICE = ("cuda",)
+COPY_CHUNK = 65_536  # images gathered on the host at a time when copying a part to a device
 
 
 class TensorBatches(Dataset):
-    """Indexed by a tensor of indices, returns a whole batch: no per-sample collation."""
+    """Indexed by a tensor of positions, returns that whole batch of a :class:`Part` (uint8
+    images as stored, and labels): no per-sample collation."""
 
-    def __init__(self, data: torch.Tensor, targets: torch.Tensor):
-        self.data, self.targets = data, targets
+    def __init__(self, part: "Part"):
+        self.part = part
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.part)
 
     def __getitem__(self, idx: torch.Tensor):
-        return self.data[idx], self.targets[idx]
+        return self.part.images(idx), self.part.targets[idx.to(self.part.targets.device)]
 
 
 class BatchIndexSampler:
@@ -181,14 +191,29 @@ class MaistDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def images_device(self) -> torch.device | None:
+        """Where the training images should live for batches to be indexed there: the trainer's
+        device when its type is in ``IMAGES_ON_DEVICE`` and no worker process makes batches."""
+        if self.trainer is None or self.hparams.num_workers:
+            return None
+        device = self.trainer.strategy.root_device
+        return device if device.type in IMAGES_ON_DEVICE else None
+
     # ------------------------------------------------------------- loaders
     def _loader(self, part, sampler) -> DataLoader:
-        return DataLoader(TensorBatches(part.data, part.targets), batch_size=None,
+        return DataLoader(TensorBatches(part), batch_size=None,
                           sampler=sampler, num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 images → float in [0, 1], on the device the batch was moved to."""
+        x, y = batch
+        return (to_float(x) if x.dtype == torch.uint8 else x), y
+
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
+        if (device := self.images_device()) is not None:
+            self.train_set = self.train_set.to(device)  # once: a part already there is kept
         n = len(self.train_set)
         rank, world_size = world(self.trainer)
         sampler = BatchIndexSampler(n, h.batch_size, h.sampler == "with_replacement", seed=h.seed,
@@ -209,32 +234,92 @@ class MaistDataModule(L.LightningDataModule):
 
 @dataclass
 class Part:
-    """One side of a split: images, labels and writers as tensors."""
+    """One side of a split: its images, labels and writers.
 
-    data: torch.Tensor
+    ``store`` holds uint8 images (M, 1, S, S) as cached, ``round(255 x)`` of the preprocessed
+    values x in [0, 1]. For a part of a split it is the whole set's memory-mapped array, shared
+    by the parts (and by every process that maps the cache entry), never copied; ``rows`` are
+    the store rows that are this part's, in order (None: all of them). Read images through
+    :meth:`images` (uint8) or :meth:`float_images` (float in [0, 1], what the networks take),
+    by position in the part: an int, a slice, positions (list, array or tensor), or None (all).
+    """
+
+    store: torch.Tensor
     targets: torch.Tensor
     writers: torch.Tensor
+    rows: torch.Tensor | None = None
 
     @classmethod
     def of(cls, ds: EtlHiragana, idx: np.ndarray | None = None) -> "Part":
-        sel = slice(None) if idx is None else torch.as_tensor(idx, dtype=torch.long)
-        return cls(ds.data[sel], ds.targets[sel], ds.writers[sel])
+        if idx is None:
+            return cls(ds.images, ds.targets, ds.writers)
+        rows = torch.as_tensor(idx, dtype=torch.long)
+        return cls(ds.images, ds.targets[rows], ds.writers[rows], rows)
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def ink_ratio(self, level: float = 0.3) -> float:
-        """Median over images of the ink's bounding box (its longer side) over the frame side:
-        how much of the frame a character fills. Prediction frames user pictures the same way."""
-        ink = self.data[:, 0] > level
-        size = ink.shape[-1]
+    def images(self, idx=None) -> torch.Tensor:
+        """uint8 images (k, 1, S, S) at positions ``idx`` of this part (see the class doc)."""
+        if isinstance(idx, int):
+            idx = [idx]
+        if isinstance(idx, (list, np.ndarray)):
+            idx = torch.as_tensor(idx, dtype=torch.long)
+        rows = idx if self.rows is None else self.rows[slice(None) if idx is None else idx]
+        if rows is None:
+            return self.store
+        if isinstance(rows, torch.Tensor):
+            rows = rows.to(self.store.device)
+        return self.store[rows]
 
-        def extent(mask):  # (N, S) → length of the span of True, 0 where none
+    def float_images(self, idx=None) -> torch.Tensor:
+        """The images at ``idx`` as float32 in [0, 1] (4 bytes a pixel: ask for what you need)."""
+        return to_float(self.images(idx))
+
+    @property
+    def data(self) -> torch.Tensor:
+        """Every image of the part as float (N, 1, S, S): made on each access (small sets)."""
+        return self.float_images()
+
+    @property
+    def device(self) -> torch.device:
+        return self.store.device
+
+    def to(self, device: torch.device | str) -> "Part":
+        """This part with its own images and labels on ``device`` (a compact copy, gathered
+        ``COPY_CHUNK`` images at a time); itself if they are there already."""
+        device = torch.device(device)
+        if self.rows is None and self.store.device == device and self.targets.device == device:
+            return self
+        store = torch.empty((len(self), *self.store.shape[1:]), dtype=torch.uint8, device=device)
+        for start in range(0, len(self), COPY_CHUNK):
+            chunk = slice(start, start + COPY_CHUNK)
+            store[chunk] = self.images(chunk).to(device)
+        return Part(store, self.targets.to(device), self.writers)
+
+    def ink_ratio(self, level: float = 0.3, sample: int = 20_000, chunk: int = 4096) -> float:
+        """Median over images of the ink's bounding box (its longer side) over the frame side:
+        how much of the frame a character fills. Prediction frames user pictures the same way.
+        Ink is a value above ``level``; measured on ``sample`` images evenly spread over the part
+        (all of a smaller part), ``chunk`` at a time."""
+        inked = (to_float(torch.arange(PIXEL_MAX + 1, dtype=torch.uint8)) > level).nonzero()
+        n = len(self)
+        if n == 0 or len(inked) == 0:
+            return 1.0
+        first_ink = int(inked[0])  # the smallest stored value that counts as ink
+        positions = torch.linspace(0, n - 1, sample).round().long().unique() if n > sample else torch.arange(n)
+        size = self.store.shape[-1]
+
+        def extent(mask):  # (k, S) → length of the span of True, 0 where none
             first = mask.float().argmax(1)
             last = size - 1 - mask.flip(1).float().argmax(1)
             return torch.where(mask.any(1), last - first + 1, 0)
 
-        side = torch.maximum(extent(ink.any(2)), extent(ink.any(1))).float() / size
+        sides = []
+        for part in positions.split(chunk):
+            ink = self.images(part)[:, 0].cpu() >= first_ink
+            sides.append(torch.maximum(extent(ink.any(2)), extent(ink.any(1))).float() / size)
+        side = torch.cat(sides)
         side = side[side > 0]
         return float(side.median()) if len(side) else 1.0
 

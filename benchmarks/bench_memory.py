@@ -1,0 +1,235 @@
+"""Memory and speed of the cached uint8 store on a full-scale ETL9G-shaped folder generated on the
+fly (not ETL data): every record of etl9g_all (3,036 classes) at 64×64.
+
+    python -m benchmarks.bench_memory [--files 50] [--baseline-files 1] [--image-size 64]
+                                      [--preprocess config|plain] [--tmp DIR] [--keep]
+
+The folder mimics ETL9G: ``ETL9G_01`` … ``ETL9G_50`` of 12,144 records each (4 writers × 3,036
+characters), 607,200 records and 5.0 GB in all (``--files 4`` for a quick run). Images are
+random-ish (faint noise plus ink rectangles); every file holds the same images with its own
+sheet and serial numbers (so no record is a copy of another).
+
+Measured, each in a fresh child process (its peak memory is its own ``ru_maxrss``):
+
+- cold: ``EtlHiragana(folder, "etl9g_all", Preprocess(64, …))``: decode file by file, preprocess,
+  write the uint8 cache entry (the target: peak memory under 3 GB for the whole set);
+- warm: the same call again (a cache hit: the target, under a second), then
+  ``MaistDataModule.setup`` (load, writer split, ink ratio), then one pass reading every image:
+  what that pass adds is mapped file pages (``RssFile``: the page cache, which every process that
+  maps the entry shares), not memory of the process's own (``RssAnon``).
+
+Against the per-record loader of published code, timed in this process on ``--baseline-files``
+files and scaled linearly: ``struct.unpack`` of each 8,199-byte record, ``PIL.Image.frombytes``
+(4-bit), a PIL resize to the target size and a float32 array per record. The ratio printed is
+the cold build's records per second over the loader's (the build also removes the background,
+thresholds, despeckles and crops: ``--preprocess config`` is ``conf/data/etl.yaml``'s, ``plain``
+only stretches the contrast and resizes); the build's decoding alone (read, check, unpack, look
+for copies, file by file) is timed on the same files too. The temporary folder is deleted at the
+end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FULL_FILES = 50
+WRITERS_PER_FILE = 4
+ETL9G_STRUCT = ">2H8sI4B4H2B34x8128s7x"  # AIST's unpack.py for ETL9G: the image is field 14
+MEMORY_TARGET = 3e9  # bytes: peak of the cold build, the whole set at 64×64
+WARM_TARGET = 1.0  # seconds: a warm load
+
+
+def generate(folder: Path, n_files: int, seed: int = 0) -> int:
+    """Write ETL9G_01 … ETL9G_nn into ``folder``; return the number of records."""
+    from benchmarks.bench_decode import random_images
+    from maist.data.etl import ETL9G, pack_records
+    from maist.data.kana import class_set
+
+    folder.mkdir(parents=True, exist_ok=True)
+    codes = np.array(list(class_set("etl9g_all").jis_to_label), dtype=np.int64)
+    per_file = WRITERS_PER_FILE * len(codes)
+    jis = np.tile(codes, WRITERS_PER_FILE)
+    sheet = np.repeat(np.arange(1, WRITERS_PER_FILE + 1), len(codes))
+    base = pack_records(random_images(per_file, seed), jis, sheet, layout=ETL9G)  # one file's bytes
+    recs = np.frombuffer(bytearray(base), dtype=ETL9G.dtype)  # writable: only headers change
+    for k in range(n_files):
+        recs["sheet"] = sheet + k * WRITERS_PER_FILE
+        recs["serial"] = np.arange(k * per_file + 1, (k + 1) * per_file + 1)
+        with open(folder / f"ETL9G_{k + 1:02d}", "wb") as f:
+            f.write(recs.data)
+    return n_files * per_file
+
+
+def per_record_load(paths: list[Path], size: int) -> np.ndarray:
+    """struct + PIL per record, resized to ``size`` and made float32, as published loaders do."""
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            while len(s := f.read(struct.calcsize(ETL9G_STRUCT))) == struct.calcsize(ETL9G_STRUCT):
+                image = struct.unpack(ETL9G_STRUCT, s)[14]
+                img = Image.frombytes("F", (128, 127), image, "bit", 4)
+                out.append(np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 15)
+    return np.stack(out)
+
+
+def decode_only(paths: list[Path]) -> int:
+    """What the build does before preprocessing: read, check and unpack file by file (every
+    character of etl9g_all kept, copies looked for); returns the records decoded."""
+    from maist.data.dataset import decode_source, first_copies
+    from maist.data.etl import check_size, list_sources
+    from maist.data.kana import class_set
+
+    codes = np.fromiter(class_set("etl9g_all").jis_to_label, dtype=np.int32)
+    n, seen, buf = 0, set(), bytearray()
+    for path in paths:
+        (src,) = list_sources(path)
+        buf = buf if len(buf) >= src.size else bytearray(src.size)
+        part = decode_source(src, check_size(src.size, src.name, src.layout), codes, buf)
+        n += int(first_copies(part.keys, seen).sum())
+    return n
+
+
+def preprocess_of(name: str, size: int):
+    from omegaconf import OmegaConf
+
+    from maist.data.preprocess import Preprocess
+
+    if name == "plain":
+        return Preprocess(image_size=size)
+    settings = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "etl.yaml").preprocess)
+    return Preprocess(image_size=size, **settings)
+
+
+# ---------------------------------------------------------------- the child processes
+
+
+def _memory() -> dict:
+    """Peak RSS, and the current RSS split into private (anon) and file-backed pages."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kb = lambda key: int(status.get(key, "0 kB").split()[0]) * 1024  # noqa: E731
+    return {"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "rss_anon": kb("RssAnon"), "rss_file": kb("RssFile")}
+
+
+def child(args) -> dict:
+    from maist.data.dataset import EtlHiragana
+
+    pre = preprocess_of(args.preprocess, args.image_size)
+    started = time.perf_counter()
+    ds = EtlHiragana(args.folder, "etl9g_all", pre, cache_dir=args.cache)
+    out = {"seconds": time.perf_counter() - started, "records": len(ds), **_memory()}
+    if args.child == "warm":
+        from maist.data.datamodule import MaistDataModule
+
+        started = time.perf_counter()
+        dm = MaistDataModule(root=args.folder, class_set="etl9g_all", image_size=args.image_size,
+                             preprocess={k: v for k, v in pre.as_dict().items() if k != "image_size"},
+                             cache_dir=args.cache)
+        dm.setup("fit")
+        out["setup_seconds"] = time.perf_counter() - started
+        before, started = _memory(), time.perf_counter()
+        total = sum(int(ds.images[i : i + 65_536].sum()) for i in range(0, len(ds), 65_536))
+        out.update(read_seconds=time.perf_counter() - started, pixel_sum=total,
+                   before_read=before, after_read=_memory())
+    return out
+
+
+def run_child(kind: str, folder: Path, cache: Path, args) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--child", kind, "--folder", str(folder),
+           "--cache", str(cache), "--image-size", str(args.image_size), "--preprocess", args.preprocess]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)  # stderr: progress
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- main
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--files", type=int, default=FULL_FILES, help=f"ETL9G_nn files (default {FULL_FILES}: full scale)")
+    p.add_argument("--baseline-files", type=int, default=1, help="files the per-record loader is timed on")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--preprocess", choices=("config", "plain"), default="config")
+    p.add_argument("--tmp", default=None, help="parent of the temporary folder (default: system temp)")
+    p.add_argument("--keep", action="store_true", help="keep the generated folder and cache")
+    p.add_argument("--child", choices=("cold", "warm"), help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--cache", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="maist-bench-memory-", dir=args.tmp))
+    try:
+        folder, cache = work / "ETL9G", work / "cache"
+        started = time.perf_counter()
+        total = generate(folder, max(1, args.files))
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        print(f"generated {args.files} ETL9G files, {total:,} records, {gb(size)} in "
+              f"{time.perf_counter() - started:.1f} s ({folder})", flush=True)
+
+        files = sorted(folder.iterdir())[: max(1, args.baseline_files)]
+        started = time.perf_counter()
+        n_base = len(per_record_load(files, args.image_size))
+        base_rate = n_base / (time.perf_counter() - started)
+
+        decode_only([])  # its imports (torch among them) are not decoding
+        started = time.perf_counter()
+        n_decoded = decode_only(files)
+        decode_rate = n_decoded / (time.perf_counter() - started)
+
+        cold = run_child("cold", folder, cache, args)
+        warm = run_child("warm", folder, cache, args)
+        assert cold["records"] == warm["records"] == total
+        entry = next(p for p in cache.iterdir() if p.is_dir())
+        on_disk = sum(f.stat().st_size for f in entry.iterdir())
+        side = args.image_size
+        cold_rate = total / cold["seconds"]
+        before, after = warm["before_read"], warm["after_read"]
+
+        print(f"\n{total:,} records at {side}×{side}, preprocess={args.preprocess}:")
+        print(f"  cache entry on disk        {gb(on_disk)} (uint8; as float32 in memory it would be "
+              f"{gb(total * side * side * 4)})")
+        print(f"  cold build                 {cold['seconds']:.1f} s, {cold_rate:,.0f} records/s, peak memory "
+              f"{gb(cold['maxrss'])} (target < {gb(MEMORY_TARGET)}: "
+              f"{'met' if cold['maxrss'] < MEMORY_TARGET else 'NOT met'})")
+        print(f"  per-record struct + PIL    {base_rate:,.0f} records/s (timed on {n_base:,} records, "
+              f"{len(files)} file{'s' if len(files) > 1 else ''})")
+        print(f"  throughput ratio           {cold_rate / base_rate:.2f}× (cold build / per-record loader)")
+        print(f"  of which decoding          {decode_rate:,.0f} records/s, {decode_rate / base_rate:.1f}× the "
+              f"per-record loader (same files): the rest of the build is preprocessing")
+        print(f"  warm load                  {warm['seconds']:.3f} s (target < {WARM_TARGET:g} s: "
+              f"{'met' if warm['seconds'] < WARM_TARGET else 'NOT met'}), peak memory {gb(warm['maxrss'])}")
+        print(f"  datamodule setup (warm)    {warm['setup_seconds']:.2f} s (load, writer split, ink ratio)")
+        print(f"  reading every image once   {warm['read_seconds']:.1f} s: its own memory (RssAnon) "
+              f"{gb(before['rss_anon'])} → {gb(after['rss_anon'])}; mapped file pages (RssFile) "
+              f"{gb(before['rss_file'])} → {gb(after['rss_file'])}: page cache, shared by every process "
+              "that maps the entry")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
