@@ -18,10 +18,11 @@ from maist.analysis import analyse_test
 from maist.callbacks.checkpoints import LastCheckpoint
 from maist.checkpoint import build_module as checkpoint_module
 from maist.checkpoint import check_resumable, data_spec, read_checkpoint
-from maist.data.etl import write_atomic
 from maist.distributed import launch_ranks_as_this_job, one_job_of_processes
 from maist.errors import ConfigError
-from maist.module import MaistModule, check_optimizer
+from maist.files import write_atomic
+from maist.module import PER_CLASS, MaistModule, check_optimizer
+from maist.tracking import log_summary
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _run(cfg: DictConfig) -> dict:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=tested if cfg.train else None,
                                verbose=False, weights_only=True)
         tested_module = trainer.lightning_module
-        metrics.update({k: float(v) for k, v in results[0].items() if not k.startswith("test/acc_class/")})
+        metrics.update({k: float(v) for k, v in results[0].items() if not k.startswith(PER_CLASS)})
         metrics["test/acc_per_class"] = getattr(tested_module, "per_class_accuracy", {})
         if cfg.get("analyse_test", True) and trainer.is_global_zero:
             # rank zero predicts the whole test set itself: every image exactly once
@@ -130,6 +131,7 @@ def _run(cfg: DictConfig) -> dict:
                                                step=trainer.global_step)
     if trainer.is_global_zero:  # one writer per output
         write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
+        log_summary(loggers, cfg, metrics)
         _report(metrics, loggers, out)
     return metrics
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, pack_records, write_atomic
+from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, pack_records
+from maist.files import write_atomic
 from maist.data.kana import char_to_jis
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -18,22 +17,18 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
+from maist.files import atomic_path
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.tmp`` beside the target, then ``os.replace`` onto it."""
+    """``torch.save`` to a temporary file beside the target, then a rename onto it."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         protocol = get_filesystem(str(path)).protocol
         if "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):  # remote: as Lightning does
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class LastCheckpoint(L.Callback):

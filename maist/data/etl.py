@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from maist.errors import UserError
+from maist.files import write_atomic
 
 # ---------------------------------------------------------------- layouts
 
@@ -783,20 +784,6 @@ def pack_records(
     else:
         recs["image"] = (flat[:, 0::2] << 4) | flat[:, 1::2]
     return recs.tobytes()
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_etl(path, layout: Layout, images, jis, sheet, serial=None, reading=None) -> None:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, LEVELS, pack_records, read_etl8g, write_atomic
+from maist.files import write_atomic
+from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, LEVELS, pack_records, read_etl8g
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
 from maist.data.sample import SAMPLE_ZIP
 
@@ -267,7 +268,6 @@ def generate(out: Path, writers: int, seed: int) -> None:
             info.external_attr = 0o644 << 16
             zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     write_atomic(out, buf.getvalue())
-    out.chmod(0o644)  # the temporary file behind write_atomic is private
 
     records = read_etl8g(out)
     assert len(records) == writers * len(chars) and len(set(records.jis.tolist())) == len(chars)
