@@ -24,6 +24,7 @@ from maist.errors import ConfigError
 log = logging.getLogger(__name__)
 
 REDUCTIONS = ("sum", "mean")
+PER_CLASS = "test_per_class"  # the section of per-class test accuracy in the trackers
 
 
 MASK64 = (1 << 64) - 1
@@ -93,7 +94,9 @@ class MaistModule(L.LightningModule):
         if loss_reduction not in REDUCTIONS:
             raise ConfigError(f"model.loss_reduction={loss_reduction!r}: must be one of {', '.join(REDUCTIONS)}")
         check_optimizer(optimizer)
-        self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
+        # Saved in the checkpoint; trackers get the run's flat settings at the end (maist.tracking).
+        self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")},
+                                  logger=False)
         self.classes = list(classes or [])
         self.net = instantiate(self.hparams.net)
         self.augment = instantiate(self.hparams.augment) if augment else None
@@ -218,8 +221,10 @@ class MaistModule(L.LightningModule):
         names = self.classes if len(self.classes) == len(support) else [str(k) for k in range(len(support))]
         self.per_class_accuracy = {c: t / s for c, t, s in zip(names, correct, support) if s}
         if len(names) <= READABLE_CLASSES:
-            for c, a in self.per_class_accuracy.items():
-                self.log(f"test/acc_class/{c}", a, sync_dist=True)
+            # their own section; the label number keeps names unique for trackers that allow ASCII only
+            for label, c in enumerate(names):
+                if c in self.per_class_accuracy:
+                    self.log(f"{PER_CLASS}/{label:02d}_{c}", self.per_class_accuracy[c], sync_dist=True)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):

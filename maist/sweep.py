@@ -42,6 +42,10 @@ class SweepSummary(Callback):
     @staticmethod
     def _jobs_on_disk(sweep_dir: Path) -> list[tuple[list[str], Path]]:
         jobs = []
-        for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: (len(p.parent.parent.name), p.parent.parent.name)):
+        def job_number(overrides: Path) -> tuple:
+            num = overrides.parent.parent.name.split("_")[0]
+            return (int(num) if num.isdigit() else 0, overrides.parent.parent.name)
+
+        for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=job_number):
             jobs.append((list(OmegaConf.load(overrides)), overrides.parent.parent))
         return jobs

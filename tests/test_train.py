@@ -134,7 +134,7 @@ def test_sweep_reports_a_failing_job_and_runs_the_others(tmp_path):
     proc = train("-m", "data.class_set=hiragana71,no_such_set", "model=linear", "trainer.max_steps=20",
                  "trainer.val_check_interval=10", f"data.cache_dir={tmp_path / 'cache'}",
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", "~callbacks.feature_maps")
-    good, bad = metrics(tmp_path / "sweep/0"), metrics(tmp_path / "sweep/1")
+    good, bad = (metrics(next((tmp_path / "sweep").glob(f"{n}_*"))) for n in (0, 1))
     assert "test/acc" in good and "failed" not in good
     assert "unknown class set 'no_such_set'" in bad["failed"]
     assert "sweep summary" in proc.stdout and "FAILED" in proc.stdout

@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from maist import tracking
 from maist.viz import feature_figures, save_png
 
 log = logging.getLogger(__name__)
@@ -121,15 +122,11 @@ class FeatureMapFigures(L.Callback):
                 elif n:
                     images[f"features/{n}/{fig}"] = (arr, f"{n}_{fig}.png")
 
-        experiments = [lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
         folder = self._dir(trainer) / f"step{step:06d}"
         for tag, (arr, fname) in images.items():
-            for exp in experiments:
-                exp.add_image(tag, arr, step, dataformats="HW" if arr.ndim == 2 else "HWC")
+            tracking.log_image(trainer.loggers, tag, arr, step)
             save_png(arr, folder / fname, compress_level=1)
-        for exp in experiments:
-            if hasattr(exp, "flush"):
-                exp.flush()
+        tracking.flush(trainer.loggers)
         if not self._announced:
             self._announced = True
             log.info("feature maps: figures of %s written to %s", ", ".join(figures) or "the filters",
