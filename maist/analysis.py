@@ -28,6 +28,7 @@ import torch
 
 from maist import tracking, viz
 from maist.data.dataset import to_float
+from maist.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +258,7 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
         lines += ["", f"![confusion matrix]({FIGURES}/confusion.png)", ""]
     else:
         lines += ["", f"![accuracy per class]({FIGURES}/class_accuracy.png)", ""]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (REPORT + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(out_dir / REPORT)
+    write_atomic(out_dir / REPORT, "\n".join(lines).encode("utf-8"))
     log.info("test analysis: %s (%d errors; worst writer %.3f)", out_dir / REPORT, len(wrong),
              summary["writer_acc_min"] or float("nan"))
     return summary

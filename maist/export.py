@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maist.files import atomic_path
 from maist.images import FRAME_SIZE
 from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
 
@@ -64,9 +65,7 @@ def export_onnx(predictor: Predictor, out: Path, opset: int = 17) -> Path:
         raise UsageError("ONNX export needs the onnx package: pip install onnx onnxruntime") from err
     s = predictor.image_size
     model = _WithProbabilities(predictor.net).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         # the legacy (TorchScript) exporter is deprecated but needs no onnxscript; the tracer's
         # note on odd-size pooling is moot: only the batch axis varies.
         warnings.simplefilter("ignore")
@@ -75,9 +74,16 @@ def export_onnx(predictor: Predictor, out: Path, opset: int = 17) -> Path:
             input_names=["image"], output_names=["logits", "probabilities"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
         )
+        add_metadata(onnx, tmp, predictor)
+    return out
+
+
+def add_metadata(onnx, path: Path, predictor: Predictor) -> None:
+    """Embed the class list, the preprocessing and how to reproduce it in the ONNX file at ``path``."""
     from maist.images import INK_FRAME_RATIO
 
-    m = onnx.load(str(tmp))
+    s = predictor.image_size
+    m = onnx.load(str(path))
     m.doc_string = doc_string(predictor)
     m.producer_name = "maist"
     meta = {
@@ -95,9 +101,7 @@ def export_onnx(predictor: Predictor, out: Path, opset: int = 17) -> Path:
         m.metadata_props.add(key=k, value=v)
     m.graph.input[0].doc_string = f"[N, 1, {s}, {s}] float32 in [0, 1], ink bright, preprocessed"
     onnx.checker.check_model(m)
-    onnx.save(m, str(tmp))
-    tmp.replace(out)
-    return out
+    onnx.save(m, str(path))
 
 
 def check_batch(predictor: Predictor, n: int = 32, seed: int = 0) -> torch.Tensor:

@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import tempfile
 import unicodedata
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from maist.files import atomic_path
 
 __all__ = [
     "tile_grid", "filter_grid", "feature_figures", "bar_chart", "confusion_image", "gallery",
@@ -79,16 +80,9 @@ def save_png(array, path, compress_level: int = 6) -> Path:
     """Write a uint8 (H, W) or (H, W, 3) array as a PNG, atomically (temp file + rename);
     creates the parent folders. Returns the path. ``compress_level`` 1 is ~2× faster, ~10% larger."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(np.ascontiguousarray(np.asarray(array, dtype=np.uint8)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG", compress_level=compress_level)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", compress_level=compress_level)
     return path
 
 

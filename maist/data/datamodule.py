@@ -128,6 +128,27 @@ def _check_fraction(name: str, value) -> float:
 
 
 class MaistDataModule(L.LightningDataModule):
+    """Decoded, preprocessed ETL characters split into train / validation / test, in batches.
+
+    Args:
+        root: a folder, file or zip of ETL records (``None``: the generated sample in the package).
+        test_root: if set, every selected record under it is the test set; ``root`` feeds train and
+            validation only.
+        class_set: which characters, by name (:func:`maist.data.kana.class_set`).
+        preprocess: :class:`~maist.data.preprocess.Preprocess` settings (contrast, threshold, crop, …).
+        image_size: side of the square network input.
+        split_by: ``writer`` (no writer on two sides) or ``random`` (stratified by class).
+        val_fraction, test_fraction: the share of writers (or images) in validation and test.
+        split_seed: the seed of the split, and of nothing else.
+        batch_size: the global training batch (split over DDP ranks).
+        eval_batch_size: validation and test batch per rank.
+        sampler: ``with_replacement`` (the article's ``random_index``) or ``epoch`` (permutations).
+        batches_per_epoch: with replacement, the nominal epoch length (default: N / batch_size).
+        num_workers: DataLoader worker processes (0: batches are indexed in this process).
+        cache_dir: where the preprocessed images are cached (``None``: the default, ``False``: off).
+        seed: the run's seed, which orders the batches.
+    """
+
     def __init__(
         self,
         root: str | None = None,
