@@ -48,7 +48,7 @@ def screenshot(logdir: Path, out: Path) -> None:
                              stderr=subprocess.DEVNULL)
     opts = Options()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,700",
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1900,560",
                 "--force-device-scale-factor=1", "--disable-background-networking", "--disable-component-update"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
@@ -64,6 +64,8 @@ def screenshot(logdir: Path, out: Path) -> None:
             except Exception:
                 time.sleep(2)
         time.sleep(5)  # let the table fill
+        for box in driver.find_elements(By.XPATH, "//*[contains(text(), 'Show Metrics')]"):
+            driver.execute_script("arguments[0].style.display='none'", box)
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))
         print(f"wrote {out}")

@@ -17,8 +17,7 @@ log = logging.getLogger(__name__)
 # The results a run is compared by, logged with its settings (as final/<name>).
 SUMMARY_METRICS = ("val/acc_best", "test/acc", "test/acc_top5", "test/loss", "train_seconds")
 # Settings every run reports, whether or not it overrode them …
-KEY_SETTINGS = ("seed", "data.class_set", "data.image_size", "data.batch_size", "model.optimizer.lr",
-                "model.loss_reduction", "trainer.max_steps")
+KEY_SETTINGS = ("seed", "data.batch_size", "model.optimizer.lr", "trainer.max_steps")
 # … and overrides that do not change what a run computes.
 NOT_SETTINGS = ("hydra.", "hydra/", "paths.", "data.root", "data.test_root", "data.cache_dir", "ckpt_path", "logger",
                 "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
