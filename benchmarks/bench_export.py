@@ -32,7 +32,9 @@ def _fresh_predictor() -> Predictor:
     from maist.models import DeepMnistCNN
 
     torch.manual_seed(0)
-    return Predictor(DeepMnistCNN(num_classes=71), list(HIRAGANA71), Preprocess().as_dict(), source="fresh DeepMnistCNN")
+    return Predictor(
+        DeepMnistCNN(num_classes=71), list(HIRAGANA71), Preprocess().as_dict(), source="fresh DeepMnistCNN"
+    )
 
 
 def _times(fn, repeats: int, warmup: int = 5) -> list[float]:
@@ -79,22 +81,34 @@ def main(argv: list[str]) -> int:
     results = {}
     for name, run_one, run_many in (
         ("PyTorch", lambda: torch_run(one), lambda: torch_run(many)),
-        ("onnxruntime", lambda: sess.run(["logits"], {"image": one_np}), lambda: sess.run(["logits"], {"image": many_np})),
+        (
+            "onnxruntime",
+            lambda: sess.run(["logits"], {"image": one_np}),
+            lambda: sess.run(["logits"], {"image": many_np}),
+        ),
     ):
         lat = _times(run_one, int(cfg["repeats"]))
         bt = _times(run_many, int(cfg["batch_repeats"]), warmup=2)
-        results[name] = {"p50_ms": 1000 * statistics.median(lat), "p90_ms": 1000 * float(np.percentile(lat, 90)),
-                         "batch_ms": 1000 * statistics.median(bt), "ips": len(many) / statistics.median(bt)}
+        results[name] = {
+            "p50_ms": 1000 * statistics.median(lat),
+            "p90_ms": 1000 * float(np.percentile(lat, 90)),
+            "batch_ms": 1000 * statistics.median(bt),
+            "ips": len(many) / statistics.median(bt),
+        }
     pt, ox = results["PyTorch"], results["onnxruntime"]
     print(f"model: {predictor.describe()}")
     print(f"CPU, {threads} thread(s); torch {torch.__version__}, onnxruntime {ort.__version__}")
     print(f"{'':28}{'PyTorch':>12}{'onnxruntime':>14}{'PyTorch/ORT':>14}")
     print(f"{'1 image, median (ms)':28}{pt['p50_ms']:12.3f}{ox['p50_ms']:14.3f}{pt['p50_ms'] / ox['p50_ms']:13.2f}×")
     print(f"{'1 image, p90 (ms)':28}{pt['p90_ms']:12.3f}{ox['p90_ms']:14.3f}{pt['p90_ms'] / ox['p90_ms']:13.2f}×")
-    print(f"{f'batch {len(many)}, median (ms)':28}{pt['batch_ms']:12.1f}{ox['batch_ms']:14.1f}"
-          f"{pt['batch_ms'] / ox['batch_ms']:13.2f}×")
-    print(f"{f'batch {len(many)}, images/s':28}{pt['ips']:12.0f}{ox['ips']:14.0f}{ox['ips'] / pt['ips']:13.2f}×"
-          "  (ORT/PyTorch)")
+    print(
+        f"{f'batch {len(many)}, median (ms)':28}{pt['batch_ms']:12.1f}{ox['batch_ms']:14.1f}"
+        f"{pt['batch_ms'] / ox['batch_ms']:13.2f}×"
+    )
+    print(
+        f"{f'batch {len(many)}, images/s':28}{pt['ips']:12.0f}{ox['ips']:14.0f}{ox['ips'] / pt['ips']:13.2f}×"
+        "  (ORT/PyTorch)"
+    )
     return 0
 
 

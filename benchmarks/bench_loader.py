@@ -50,8 +50,10 @@ def main() -> None:
     for workers, rates in results.items():
         print(f"{workers:>12} {max(rates):>28,.0f} {max(rates) / base:>13.2f}×")
     step = train_step_seconds()
-    print(f"one training step of the article's CNN at batch 50: {step * 1e3:.1f} ms; in-process "
-          f"batching costs {100 / (base * step):.2f}% of it")
+    print(
+        f"one training step of the article's CNN at batch 50: {step * 1e3:.1f} ms; in-process "
+        f"batching costs {100 / (base * step):.2f}% of it"
+    )
 
 
 def train_step_seconds(steps: int = 30) -> float:

@@ -121,8 +121,11 @@ def _memory() -> dict:
     """Peak RSS, and the current RSS split into private (anon) and file-backed pages."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     kb = lambda key: int(status.get(key, "0 kB").split()[0]) * 1024  # noqa: E731
-    return {"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "rss_anon": kb("RssAnon"), "rss_file": kb("RssFile")}
+    return {
+        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_anon": kb("RssAnon"),
+        "rss_file": kb("RssFile"),
+    }
 
 
 def child(args) -> dict:
@@ -136,21 +139,39 @@ def child(args) -> dict:
         from maist.data.datamodule import MaistDataModule
 
         started = time.perf_counter()
-        dm = MaistDataModule(root=args.folder, class_set="etl9g_all", image_size=args.image_size,
-                             preprocess={k: v for k, v in pre.as_dict().items() if k != "image_size"},
-                             cache_dir=args.cache)
+        dm = MaistDataModule(
+            root=args.folder,
+            class_set="etl9g_all",
+            image_size=args.image_size,
+            preprocess={k: v for k, v in pre.as_dict().items() if k != "image_size"},
+            cache_dir=args.cache,
+        )
         dm.setup("fit")
         out["setup_seconds"] = time.perf_counter() - started
         before, started = _memory(), time.perf_counter()
         total = sum(int(ds.images[i : i + 65_536].sum()) for i in range(0, len(ds), 65_536))
-        out.update(read_seconds=time.perf_counter() - started, pixel_sum=total,
-                   before_read=before, after_read=_memory())
+        out.update(
+            read_seconds=time.perf_counter() - started, pixel_sum=total, before_read=before, after_read=_memory()
+        )
     return out
 
 
 def run_child(kind: str, folder: Path, cache: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--child", kind, "--folder", str(folder),
-           "--cache", str(cache), "--image-size", str(args.image_size), "--preprocess", args.preprocess]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_memory",
+        "--child",
+        kind,
+        "--folder",
+        str(folder),
+        "--cache",
+        str(cache),
+        "--image-size",
+        str(args.image_size),
+        "--preprocess",
+        args.preprocess,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)  # stderr: progress
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -184,8 +205,11 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         total = generate(folder, max(1, args.files))
         size = sum(f.stat().st_size for f in folder.iterdir())
-        print(f"generated {args.files} ETL9G files, {total:,} records, {gb(size)} in "
-              f"{time.perf_counter() - started:.1f} s ({folder})", flush=True)
+        print(
+            f"generated {args.files} ETL9G files, {total:,} records, {gb(size)} in "
+            f"{time.perf_counter() - started:.1f} s ({folder})",
+            flush=True,
+        )
 
         files = sorted(folder.iterdir())[: max(1, args.baseline_files)]
         started = time.perf_counter()
@@ -207,23 +231,35 @@ def main(argv=None) -> None:
         before, after = warm["before_read"], warm["after_read"]
 
         print(f"\n{total:,} records at {side}×{side}, preprocess={args.preprocess}:")
-        print(f"  cache entry on disk        {gb(on_disk)} (uint8; as float32 in memory it would be "
-              f"{gb(total * side * side * 4)})")
-        print(f"  cold build                 {cold['seconds']:.1f} s, {cold_rate:,.0f} records/s, peak memory "
-              f"{gb(cold['maxrss'])} (target < {gb(MEMORY_TARGET)}: "
-              f"{'met' if cold['maxrss'] < MEMORY_TARGET else 'NOT met'})")
-        print(f"  per-record struct + PIL    {base_rate:,.0f} records/s (timed on {n_base:,} records, "
-              f"{len(files)} file{'s' if len(files) > 1 else ''})")
+        print(
+            f"  cache entry on disk        {gb(on_disk)} (uint8; as float32 in memory it would be "
+            f"{gb(total * side * side * 4)})"
+        )
+        print(
+            f"  cold build                 {cold['seconds']:.1f} s, {cold_rate:,.0f} records/s, peak memory "
+            f"{gb(cold['maxrss'])} (target < {gb(MEMORY_TARGET)}: "
+            f"{'met' if cold['maxrss'] < MEMORY_TARGET else 'NOT met'})"
+        )
+        print(
+            f"  per-record struct + PIL    {base_rate:,.0f} records/s (timed on {n_base:,} records, "
+            f"{len(files)} file{'s' if len(files) > 1 else ''})"
+        )
         print(f"  throughput ratio           {cold_rate / base_rate:.2f}× (cold build / per-record loader)")
-        print(f"  of which decoding          {decode_rate:,.0f} records/s, {decode_rate / base_rate:.1f}× the "
-              f"per-record loader (same files): the rest of the build is preprocessing")
-        print(f"  warm load                  {warm['seconds']:.3f} s (target < {WARM_TARGET:g} s: "
-              f"{'met' if warm['seconds'] < WARM_TARGET else 'NOT met'}), peak memory {gb(warm['maxrss'])}")
+        print(
+            f"  of which decoding          {decode_rate:,.0f} records/s, {decode_rate / base_rate:.1f}× the "
+            f"per-record loader (same files): the rest of the build is preprocessing"
+        )
+        print(
+            f"  warm load                  {warm['seconds']:.3f} s (target < {WARM_TARGET:g} s: "
+            f"{'met' if warm['seconds'] < WARM_TARGET else 'NOT met'}), peak memory {gb(warm['maxrss'])}"
+        )
         print(f"  datamodule setup (warm)    {warm['setup_seconds']:.2f} s (load, writer split, ink ratio)")
-        print(f"  reading every image once   {warm['read_seconds']:.1f} s: its own memory (RssAnon) "
-              f"{gb(before['rss_anon'])} → {gb(after['rss_anon'])}; mapped file pages (RssFile) "
-              f"{gb(before['rss_file'])} → {gb(after['rss_file'])}: page cache, shared by every process "
-              "that maps the entry")
+        print(
+            f"  reading every image once   {warm['read_seconds']:.1f} s: its own memory (RssAnon) "
+            f"{gb(before['rss_anon'])} → {gb(after['rss_anon'])}; mapped file pages (RssFile) "
+            f"{gb(before['rss_file'])} → {gb(after['rss_file'])}: page cache, shared by every process "
+            "that maps the entry"
+        )
     finally:
         if args.keep:
             print(f"kept {work}")

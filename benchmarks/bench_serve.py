@@ -45,8 +45,9 @@ def fresh_predictor() -> Predictor:
     from maist.models import DeepMnistCNN
 
     torch.manual_seed(0)
-    return Predictor(DeepMnistCNN(num_classes=71), list(HIRAGANA71), Preprocess().as_dict(),
-                     source="fresh DeepMnistCNN")
+    return Predictor(
+        DeepMnistCNN(num_classes=71), list(HIRAGANA71), Preprocess().as_dict(), source="fresh DeepMnistCNN"
+    )
 
 
 def canvas_png(char: str = "ぬ") -> bytes:
@@ -122,11 +123,17 @@ def run_level(port: int, clients: int, seconds: float, path: str, body: bytes) -
 def summarize(clients: int, results: list[tuple[int | None, float]], elapsed: float) -> dict:
     ms = sorted(1000 * took for status, took in results if status is not None)
     statuses = [status for status, _ in results]
-    return {"clients": clients, "requests": len(results), "ok": statuses.count(200), "busy": statuses.count(503),
-            "other": sum(s not in (None, 200, 503) for s in statuses), "failed": statuses.count(None),
-            "p50": statistics.median(ms) if ms else float("nan"),
-            "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan"),
-            "throughput": statuses.count(200) / elapsed}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "ok": statuses.count(200),
+        "busy": statuses.count(503),
+        "other": sum(s not in (None, 200, 503) for s in statuses),
+        "failed": statuses.count(None),
+        "p50": statistics.median(ms) if ms else float("nan"),
+        "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan"),
+        "throughput": statuses.count(200) / elapsed,
+    }
 
 
 @cli
@@ -144,14 +151,21 @@ def main(argv: list[str]) -> int:
     try:
         port = ports.get(timeout=120)
         post(port, path, body)  # warm-up
-        print(f"maist.serve on {HOST}:{port}, {'with' if cfg['layers'] else 'without'} layer tiles, "
-              f"{len(body) / 1000:.1f} KB PNG, {cfg['seconds']:g} s per level, torch threads {cfg['torch_threads']}")
-        print(f"{'clients':>7} {'requests':>8} {'200':>6} {'503':>5} {'other':>5} {'failed':>6} "
-              f"{'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+        print(
+            f"maist.serve on {HOST}:{port}, {'with' if cfg['layers'] else 'without'} layer tiles, "
+            f"{len(body) / 1000:.1f} KB PNG, {cfg['seconds']:g} s per level, torch threads {cfg['torch_threads']}"
+        )
+        print(
+            f"{'clients':>7} {'requests':>8} {'200':>6} {'503':>5} {'other':>5} {'failed':>6} "
+            f"{'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}"
+        )
         for clients in levels:
             r = run_level(port, clients, float(cfg["seconds"]), path, body)
-            print(f"{r['clients']:>7} {r['requests']:>8} {r['ok']:>6} {r['busy']:>5} {r['other']:>5} {r['failed']:>6} "
-                  f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['throughput']:>7.1f}", flush=True)
+            print(
+                f"{r['clients']:>7} {r['requests']:>8} {r['ok']:>6} {r['busy']:>5} {r['other']:>5} {r['failed']:>6} "
+                f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['throughput']:>7.1f}",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.join(10)

@@ -61,9 +61,17 @@ class QuietModule(MaistModule):
 
 def compose_cfg(experiment: str, root: str | None, cache_dir: str, out: str, extra=()) -> object:
     register_resolvers()
-    overrides = [f"experiment={experiment}", f"data.cache_dir={cache_dir}", f"paths.output_dir={out}",
-                 "~callbacks.feature_maps", "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "trainer.enable_progress_bar=false",
-                 "trainer.enable_model_summary=false", *extra]
+    overrides = [
+        f"experiment={experiment}",
+        f"data.cache_dir={cache_dir}",
+        f"paths.output_dir={out}",
+        "~callbacks.feature_maps",
+        "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
     if root:
         overrides.append(f"data.root={root}")
     with initialize_config_dir(str(CONF), version_base="1.3"):
@@ -78,10 +86,17 @@ def lightning_steps(cfg, dm, state, steps: int, warmup: int, logger: bool = True
     model.load_state_dict(state)
     clock = StepClock()
     loggers = [instantiate(c) for c in cfg.logger.values()] if logger and cfg.get("logger") else False
-    callbacks = [instantiate(c) for k, c in cfg.callbacks.items()
-                 if c and "_target_" in c and (loggers or k != "lr_monitor")] + [clock]  # lr_monitor needs a logger
-    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, callbacks=callbacks, logger=loggers,
-                          enable_checkpointing=False, limit_val_batches=0)
+    callbacks = [
+        instantiate(c) for k, c in cfg.callbacks.items() if c and "_target_" in c and (loggers or k != "lr_monitor")
+    ] + [clock]  # lr_monitor needs a logger
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=warmup + steps,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=dm)
     return clock.ends[-1] - clock.ends[warmup - 1]
 
@@ -144,9 +159,16 @@ def seed_beginner_run(args) -> tuple[float, float]:
     import sys
 
     tmp = Path(tempfile.mkdtemp(prefix="maist-seed-beginner-"))
-    cmd = [sys.executable, "train.py", "experiment=seed_beginner", f"hydra.run.dir={tmp / 'run'}",
-           f"data.cache_dir={args.cache_dir}", f"torch_threads={args.threads}", "trainer.enable_progress_bar=false",
-           *([f"data.root={args.root}"] if args.root else [])]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=seed_beginner",
+        f"hydra.run.dir={tmp / 'run'}",
+        f"data.cache_dir={args.cache_dir}",
+        f"torch_threads={args.threads}",
+        "trainer.enable_progress_bar=false",
+        *([f"data.root={args.root}"] if args.root else []),
+    ]
     subprocess.run(cmd, cwd=CONF.parent, check=True, capture_output=True)
     lightning_s = json.loads((tmp / "run" / "metrics.json").read_text())["train_seconds"]
     cfg = compose_cfg("seed_beginner", args.root, args.cache_dir, str(tmp / "plain"))
@@ -182,16 +204,20 @@ def main(argv=None) -> None:
     rows = []
     for name, exp in (("article CNN", "seed_cnn"), ("linear", "seed_beginner")):
         rows += bench(name, exp, args, variants=not args.no_variants)
-    print(f"\nLightning vs plain PyTorch, batch 50, {args.threads} thread(s), {args.rounds} alternating rounds "
-          f"× {args.steps} timed steps (after {args.warmup} warm-up) per side")
+    print(
+        f"\nLightning vs plain PyTorch, batch 50, {args.threads} thread(s), {args.rounds} alternating rounds "
+        f"× {args.steps} timed steps (after {args.warmup} warm-up) per side"
+    )
     print(f"{'model':12s} {'loop':32s} {'images/s':>10s} {'µs/step':>10s} {'overhead µs':>12s} {'vs plain':>9s}")
     for name, k, ips, us, over, ratio in rows:
         print(f"{name:12s} {k:32s} {ips:10.0f} {us:10.0f} {over:12.0f} {ratio:8.3f}×")
     if not args.no_seed_beginner:
         lightning_s, plain_s = seed_beginner_run(args)
-        print(f"\nexperiment=seed_beginner (10,000 steps with its validations, callbacks and logger): trained in "
-              f"{lightning_s:.1f} s; the same steps in a plain loop {plain_s:.1f} s: {lightning_s / plain_s:.2f}× the "
-              "plain loop's time")
+        print(
+            f"\nexperiment=seed_beginner (10,000 steps with its validations, callbacks and logger): trained in "
+            f"{lightning_s:.1f} s; the same steps in a plain loop {plain_s:.1f} s: {lightning_s / plain_s:.2f}× the "
+            "plain loop's time"
+        )
 
 
 if __name__ == "__main__":

@@ -136,9 +136,16 @@ def profile(cfg, steps: int, warmup: int) -> tuple[dict, float, int]:
     hooks = StepHooks(t, warmup)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c and "_target_" in c] + [hooks]
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, callbacks=callbacks, logger=loggers,
-                          enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
-                          enable_model_summary=False)
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=warmup + steps,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     loader = TimedLoader(dm.train_dataloader(), t, lambda batch: dm.on_after_batch_transfer(batch, 0))
     trainer.fit(model, train_dataloaders=loader)
     return dict(t.total), hooks.t1 - hooks.t0, int(cfg.data.batch_size)
@@ -164,8 +171,15 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore")
     register_resolvers()
     out = tempfile.mkdtemp(prefix="maist-profile-")
-    ov = [f"experiment={args.experiment}", f"data.cache_dir={args.cache_dir}", f"paths.output_dir={out}",
-          "~callbacks.feature_maps", "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", *args.overrides]
+    ov = [
+        f"experiment={args.experiment}",
+        f"data.cache_dir={args.cache_dir}",
+        f"paths.output_dir={out}",
+        "~callbacks.feature_maps",
+        "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
+        *args.overrides,
+    ]
     if args.root:
         ov.append(f"data.root={args.root}")
     with initialize_config_dir(str(CONF), version_base="1.3"):
@@ -184,16 +198,23 @@ def main(argv=None) -> None:
         ("self.log", totals.get("self.log", 0.0)),
         ("backward", totals.get("backward", 0.0)),
         # Lightning runs training_step, zero_grad and backward inside optimizer.step(closure)
-        ("optimizer step (without closure)", totals.get("optimizer step", 0.0) - ts - totals.get("backward", 0.0)
-         - totals.get("optimizer zero_grad", 0.0)),
+        (
+            "optimizer step (without closure)",
+            totals.get("optimizer step", 0.0)
+            - ts
+            - totals.get("backward", 0.0)
+            - totals.get("optimizer zero_grad", 0.0),
+        ),
         ("optimizer zero_grad", totals.get("optimizer zero_grad", 0.0)),
         ("scheduler step", totals.get("scheduler step", 0.0)),
         ("logger writes", totals.get("logger writes", 0.0)),
     ]
     rest = wall - sum(v for _, v in rows)
     rows.append(("Lightning loop (rest)", rest))
-    print(f"\nprofile: experiment={args.experiment} {' '.join(args.overrides)}  batch {bs}, {threads} thread(s), "
-          f"{args.steps} steps after {args.warmup} warm-up, {wall:.2f} s ({args.steps * bs / wall:.0f} images/s)")
+    print(
+        f"\nprofile: experiment={args.experiment} {' '.join(args.overrides)}  batch {bs}, {threads} thread(s), "
+        f"{args.steps} steps after {args.warmup} warm-up, {wall:.2f} s ({args.steps * bs / wall:.0f} images/s)"
+    )
     print(f"{'part':34s} {'ms/step':>9s} {'share':>7s}")
     for name, v in rows:
         print(f"{name:34s} {v / args.steps * 1e3:9.2f} {v / wall:7.1%}")

@@ -29,10 +29,23 @@ def free_port() -> int:
 
 
 def sweep(folder: Path, steps: int) -> None:
-    subprocess.run([sys.executable, "train.py", "-m", "model=cnn", "schedule=constant,stepped,stepped_dropout",
-                    f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 4)}",
-                    f"hydra.sweep.dir={folder}", "trainer.enable_progress_bar=false", "torch_threads=1",
-                    "~callbacks.feature_maps"], cwd=REPO, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "model=cnn",
+            "schedule=constant,stepped,stepped_dropout",
+            f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={max(1, steps // 4)}",
+            f"hydra.sweep.dir={folder}",
+            "trainer.enable_progress_bar=false",
+            "torch_threads=1",
+            "~callbacks.feature_maps",
+        ],
+        cwd=REPO,
+        check=True,
+    )
 
 
 def screenshot(logdir: Path, out: Path) -> None:
@@ -43,13 +56,31 @@ def screenshot(logdir: Path, out: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = free_port()
-    board = subprocess.Popen([str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(logdir),
-                              "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    board = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("tensorboard")),
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     opts = Options()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1900,560",
-                "--force-device-scale-factor=1", "--disable-background-networking", "--disable-component-update"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1900,560",
+        "--force-device-scale-factor=1",
+        "--disable-background-networking",
+        "--disable-component-update",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
@@ -58,8 +89,11 @@ def screenshot(logdir: Path, out: Path) -> None:
             try:
                 driver.get(f"http://127.0.0.1:{port}/#hparams")
                 WebDriverWait(driver, 20).until(
-                    lambda d: len(d.find_elements(By.CSS_SELECTOR, "tf-hparams-table-view, .hparams-table, table")) > 0
-                    or "stepped_dropout" in d.page_source)
+                    lambda d: (
+                        len(d.find_elements(By.CSS_SELECTOR, "tf-hparams-table-view, .hparams-table, table")) > 0
+                        or "stepped_dropout" in d.page_source
+                    )
+                )
                 break
             except Exception:
                 time.sleep(2)

@@ -91,8 +91,14 @@ def confused_pairs(cm: np.ndarray, classes, top: int = 10) -> list[dict]:
         i, j = divmod(int(flat), cm.shape[1])
         if off[i, j] == 0:
             break
-        out.append({"true": classes[i], "pred": classes[j], "count": int(off[i, j]),
-                    "of_true": round(float(off[i, j] / max(rows[i], 1)), 4)})
+        out.append(
+            {
+                "true": classes[i],
+                "pred": classes[j],
+                "count": int(off[i, j]),
+                "of_true": round(float(off[i, j] / max(rows[i], 1)), 4),
+            }
+        )
     return out
 
 
@@ -105,9 +111,15 @@ def class_accuracy(cm: np.ndarray, classes) -> list[dict]:
     out = []
     for k in np.flatnonzero(n):
         top = int(off[k].argmax())
-        out.append({"class": classes[k], "index": int(k), "n": int(n[k]),
-                    "acc": round(float(cm[k, k] / n[k]), 4),
-                    "taken_for": classes[top] if off[k, top] else None})
+        out.append(
+            {
+                "class": classes[k],
+                "index": int(k),
+                "n": int(n[k]),
+                "acc": round(float(cm[k, k] / n[k]), 4),
+                "taken_for": classes[top] if off[k, top] else None,
+            }
+        )
     out.sort(key=lambda r: (r["acc"], r["index"]))
     return out
 
@@ -121,8 +133,14 @@ def writer_accuracy(writers, targets, preds, classes) -> list[dict]:
     for writer in np.unique(w):
         sel = w == writer
         wrong = sel & (t != p)
-        out.append({"writer": int(writer), "n": int(sel.sum()), "acc": round(float((t[sel] == p[sel]).mean()), 4),
-                    "errors": [f"{classes[a]}→{classes[b]}" for a, b in zip(t[wrong], p[wrong])]})
+        out.append(
+            {
+                "writer": int(writer),
+                "n": int(sel.sum()),
+                "acc": round(float((t[sel] == p[sel]).mean()), 4),
+                "errors": [f"{classes[a]}→{classes[b]}" for a, b in zip(t[wrong], p[wrong])],
+            }
+        )
     out.sort(key=lambda r: (r["acc"], r["writer"]))
     return out
 
@@ -162,14 +180,31 @@ def _worst_classes_figure(part, targets, preds, worst: list[dict], classes) -> n
     for r in worst:
         idx = torch.nonzero((targets == r["index"]) & (preds != targets)).squeeze(1)[:ERRORS_PER_CLASS]
         if len(idx):
-            rows.append(viz.gallery(_images(part, idx), targets[idx], preds[idx], classes,
-                                    ncols=ERRORS_PER_CLASS, max_items=ERRORS_PER_CLASS))
+            rows.append(
+                viz.gallery(
+                    _images(part, idx),
+                    targets[idx],
+                    preds[idx],
+                    classes,
+                    ncols=ERRORS_PER_CLASS,
+                    max_items=ERRORS_PER_CLASS,
+                )
+            )
     return viz.stack_rows(rows) if rows else None
 
 
-def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), *, top_pairs: int = 10,
-                 worst_writers: int = 5, max_gallery: int = 64, metrics: dict | None = None,
-                 step: int = 0) -> dict:
+def analyse_test(
+    model: torch.nn.Module,
+    datamodule,
+    out_dir: Path,
+    loggers=(),
+    *,
+    top_pairs: int = 10,
+    worst_writers: int = 5,
+    max_gallery: int = 64,
+    metrics: dict | None = None,
+    step: int = 0,
+) -> dict:
     """Predict the test set, draw and write the analysis; return its summary (see module doc)."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES
@@ -194,21 +229,27 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
         images["test/confusion"] = viz.confusion_image(cm, classes)
     else:
         images["test/class_accuracy"] = viz.histogram(
-            [r["acc"] for r in by_class], bins=HISTOGRAM_BINS, value_range=(0.0, 1.0),
-            title=f"accuracy per class ({len(by_class):,} classes in the test set)", xlabel="accuracy")
+            [r["acc"] for r in by_class],
+            bins=HISTOGRAM_BINS,
+            value_range=(0.0, 1.0),
+            title=f"accuracy per class ({len(by_class):,} classes in the test set)",
+            xlabel="accuracy",
+        )
         worst = [r for r in by_class[:WORST_CLASSES] if r["acc"] < 1.0]
         if (figure := _worst_classes_figure(part, targets, preds, worst, classes)) is not None:
             images["test/worst_classes"] = figure
     if len(wrong):
         sel = wrong[:max_gallery]
-        images["test/misclassified"] = viz.gallery(_images(part, sel), targets[sel], preds[sel], classes,
-                                                   max_items=max_gallery)
+        images["test/misclassified"] = viz.gallery(
+            _images(part, sel), targets[sel], preds[sel], classes, max_items=max_gallery
+        )
         worst_ids = [r["writer"] for r in by_writer[:worst_writers] if r["acc"] < 1.0]
         mask = np.isin(part.writers.cpu().numpy(), worst_ids) & (preds != targets).numpy()
         idx = torch.as_tensor(np.flatnonzero(mask), dtype=torch.long)
         if len(idx):
-            images["test/worst_writers"] = viz.gallery(_images(part, idx[:max_gallery]), targets[idx], preds[idx],
-                                                       classes, max_items=max_gallery)
+            images["test/worst_writers"] = viz.gallery(
+                _images(part, idx[:max_gallery]), targets[idx], preds[idx], classes, max_items=max_gallery
+            )
     files = {}
     for tag, arr in images.items():
         path = fig_dir / f"{tag.split('/')[-1]}.png"
@@ -220,7 +261,9 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
     accs = [r["acc"] for r in by_writer]
     class_accs = [r["acc"] for r in by_class]
     summary = {
-        "test_acc": round(acc, 6), "n_test": n, "errors": int(len(wrong)),
+        "test_acc": round(acc, 6),
+        "n_test": n,
+        "errors": int(len(wrong)),
         "confused_pairs": pairs,
         "classes_in_test": len(by_class),
         "class_acc_min": min(class_accs) if class_accs else None,
@@ -229,29 +272,39 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
         "writer_acc_min": min(accs) if accs else None,
         "writer_acc_mean": round(float(np.mean(accs)), 4) if accs else None,
         "worst_writers": [{k: r[k] for k in ("writer", "n", "acc", "errors")} for r in by_writer[:worst_writers]],
-        "figures": files, "report": str(out_dir / REPORT),
+        "figures": files,
+        "report": str(out_dir / REPORT),
     }
     lines = ["# Test-set analysis", ""]
-    lines += [f"- test accuracy: **{acc:.4%}** ({n - len(wrong):,} of {n:,}; {len(wrong)} errors)",
-              f"- classes: {len(by_class)} of {num_classes} in the test set; accuracy per class: min "
-              f"{summary['class_acc_min']}, mean {summary['class_acc_mean']}",
-              f"- writers: {len(accs)}; accuracy per writer: min {summary['writer_acc_min']}, "
-              f"mean {summary['writer_acc_mean']}"]
+    lines += [
+        f"- test accuracy: **{acc:.4%}** ({n - len(wrong):,} of {n:,}; {len(wrong)} errors)",
+        f"- classes: {len(by_class)} of {num_classes} in the test set; accuracy per class: min "
+        f"{summary['class_acc_min']}, mean {summary['class_acc_mean']}",
+        f"- writers: {len(accs)}; accuracy per writer: min {summary['writer_acc_min']}, "
+        f"mean {summary['writer_acc_mean']}",
+    ]
     for k, v in (metrics or {}).items():
         if isinstance(v, (int, float, str)) and not k.startswith("test_per_class"):
             lines.append(f"- {k}: {v}")
     lines += ["", "## Most confused pairs (true → predicted)", ""]
-    lines += (_md_table(["true", "predicted", "count", "share of true class"],
-                        [[p["true"], p["pred"], p["count"], f"{p['of_true']:.1%}"] for p in pairs])
-              if pairs else ["No confusions."])
+    lines += (
+        _md_table(
+            ["true", "predicted", "count", "share of true class"],
+            [[p["true"], p["pred"], p["count"], f"{p['of_true']:.1%}"] for p in pairs],
+        )
+        if pairs
+        else ["No confusions."]
+    )
     lines += ["", f"## Worst classes (of {len(by_class)})", ""]
-    lines += _md_table(["class", "images", "accuracy", "most often taken for"],
-                       [[r["class"], r["n"], f"{r['acc']:.1%}", r["taken_for"] or "–"]
-                        for r in by_class[:WORST_CLASSES]])
+    lines += _md_table(
+        ["class", "images", "accuracy", "most often taken for"],
+        [[r["class"], r["n"], f"{r['acc']:.1%}", r["taken_for"] or "–"] for r in by_class[:WORST_CLASSES]],
+    )
     lines += ["", f"## Worst writers (of {len(accs)})", ""]
-    lines += _md_table(["writer (sheet)", "images", "accuracy", "errors (true→pred)"],
-                       [[r["writer"], r["n"], f"{r['acc']:.1%}", ", ".join(r["errors"]) or "–"]
-                        for r in by_writer[:worst_writers]])
+    lines += _md_table(
+        ["writer (sheet)", "images", "accuracy", "errors (true→pred)"],
+        [[r["writer"], r["n"], f"{r['acc']:.1%}", ", ".join(r["errors"]) or "–"] for r in by_writer[:worst_writers]],
+    )
     lines += ["", "## Figures", ""]
     lines += [f"- [{name}]({FIGURES}/{Path(p).name})" for name, p in files.items()]
     if "confusion" in files:
@@ -259,6 +312,10 @@ def analyse_test(model: torch.nn.Module, datamodule, out_dir: Path, loggers=(), 
     else:
         lines += ["", f"![accuracy per class]({FIGURES}/class_accuracy.png)", ""]
     write_atomic(out_dir / REPORT, "\n".join(lines).encode("utf-8"))
-    log.info("test analysis: %s (%d errors; worst writer %.3f)", out_dir / REPORT, len(wrong),
-             summary["writer_acc_min"] or float("nan"))
+    log.info(
+        "test analysis: %s (%d errors; worst writer %.3f)",
+        out_dir / REPORT,
+        len(wrong),
+        summary["writer_acc_min"] or float("nan"),
+    )
     return summary

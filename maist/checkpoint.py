@@ -45,7 +45,9 @@ def _check_file(p: Path) -> None:
     with open(p, "rb") as f:
         head = f.read(4)
     if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
-        kind = "a text file" if head.isascii() and all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "unknown bytes"
+        kind = (
+            "a text file" if head.isascii() and all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "unknown bytes"
+        )
         raise CheckpointError(f"{p}: not a PyTorch checkpoint (it starts with {head!r}: {kind}); {_HINT}")
 
 
@@ -87,28 +89,40 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError as err:
         what = _unsafe_global(err)
         if what:
-            raise CheckpointError(f"{p}: refused: loading it would run code ({what}); a MAIST checkpoint holds "
-                                  "only weights and settings. Use a checkpoint you trained yourself") from None
+            raise CheckpointError(
+                f"{p}: refused: loading it would run code ({what}); a MAIST checkpoint holds "
+                "only weights and settings. Use a checkpoint you trained yourself"
+            ) from None
         raise CheckpointError(f"{p}: damaged or not a checkpoint ({first_line(err)}); {_HINT}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{p}: truncated or damaged ({first_line(err)}): the save was interrupted or the "
-                              f"copy is incomplete; {_HINT}") from None
+        raise CheckpointError(
+            f"{p}: truncated or damaged ({first_line(err)}): the save was interrupted or the "
+            f"copy is incomplete; {_HINT}"
+        ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{p}: holds a {type(ckpt).__name__}, not a MAIST checkpoint; {_HINT}")
     if "state_dict" not in ckpt:
         if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            raise CheckpointError(f"{p}: bare weights (a state_dict) without the model's settings; MAIST needs the "
-                                  "checkpoint that training wrote (checkpoints/best.ckpt or last.ckpt)")
+            raise CheckpointError(
+                f"{p}: bare weights (a state_dict) without the model's settings; MAIST needs the "
+                "checkpoint that training wrote (checkpoints/best.ckpt or last.ckpt)"
+            )
         raise CheckpointError(f"{p}: not a MAIST checkpoint (no weights); {_HINT}")
     hp = ckpt.get("hyper_parameters")
     missing = [k for k in REQUIRED_HPARAMS if not isinstance(hp, dict) or k not in hp]
     if missing:
-        origin = "a Lightning checkpoint of another project" if "pytorch-lightning_version" in ckpt else "not a MAIST checkpoint"
+        origin = (
+            "a Lightning checkpoint of another project"
+            if "pytorch-lightning_version" in ckpt
+            else "not a MAIST checkpoint"
+        )
         raise CheckpointError(f"{p}: {origin} (no MAIST model settings: {', '.join(missing)}); {_HINT}")
     for where, target in _targets(hp):
         if not target.startswith(ALLOWED_TARGETS):
-            raise CheckpointError(f"{p}: refused: {where} names {target!r}, which is not a MAIST model or a torch "
-                                  "optimizer; a MAIST checkpoint cannot make MAIST call other code")
+            raise CheckpointError(
+                f"{p}: refused: {where} names {target!r}, which is not a MAIST model or a torch "
+                "optimizer; a MAIST checkpoint cannot make MAIST call other code"
+            )
     return ckpt
 
 
@@ -134,8 +148,7 @@ def load_module(path: str | os.PathLike):
 def data_spec(ckpt: dict) -> dict:
     """The class set, image size and preprocessing a checkpoint was trained with."""
     pre = dict(ckpt["hyper_parameters"]["preprocess"])
-    return {"class_set": ckpt["hyper_parameters"]["class_set"], "image_size": pre.pop("image_size"),
-            "preprocess": pre}
+    return {"class_set": ckpt["hyper_parameters"]["class_set"], "image_size": pre.pop("image_size"), "preprocess": pre}
 
 
 def check_resumable(path: str | os.PathLike, model_cfg: dict, class_set: str) -> dict:
@@ -145,16 +158,22 @@ def check_resumable(path: str | os.PathLike, model_cfg: dict, class_set: str) ->
     hp = ckpt["hyper_parameters"]
     saved, wanted = hp["net"], dict(model_cfg.get("net") or {})
     if saved.get("_target_") != wanted.get("_target_"):
-        raise CheckpointError(f"{path}: a checkpoint of {saved.get('_target_')}, but this run configures "
-                              f"{wanted.get('_target_')}: resume with the model it was trained with, or drop ckpt_path")
+        raise CheckpointError(
+            f"{path}: a checkpoint of {saved.get('_target_')}, but this run configures "
+            f"{wanted.get('_target_')}: resume with the model it was trained with, or drop ckpt_path"
+        )
     diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} saved, {wanted.get(k)!r} now" for k in diff[:3])
         raise CheckpointError(f"{path}: saved with another network ({shown}): resume with the same model settings")
     if hp["class_set"] != class_set:
-        raise CheckpointError(f"{path}: trained on class set {hp['class_set']!r}, this run uses {class_set!r}: "
-                              "resume with the same data.class_set")
+        raise CheckpointError(
+            f"{path}: trained on class set {hp['class_set']!r}, this run uses {class_set!r}: "
+            "resume with the same data.class_set"
+        )
     if "loops" not in ckpt or "optimizer_states" not in ckpt:
-        raise CheckpointError(f"{path}: holds weights only (no optimizer or loop state), so training cannot resume "
-                              "from it; evaluate it with train=false, or start a new run")
+        raise CheckpointError(
+            f"{path}: holds weights only (no optimizer or loop state), so training cannot resume "
+            "from it; evaluate it with train=false, or start a new run"
+        )
     return ckpt

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from maist.errors import UsageError, UserError, first_line
 

@@ -29,8 +29,10 @@ def world(trainer) -> tuple[int, int]:
 def per_rank_batch(batch_size: int, world_size: int) -> int:
     """The slice of a global batch each rank trains on; the global batch must split evenly."""
     if batch_size % world_size:
-        raise ConfigError(f"data.batch_size={batch_size} does not split over {world_size} processes: the batch "
-                          f"is global (each step draws it once); choose a multiple of {world_size}")
+        raise ConfigError(
+            f"data.batch_size={batch_size} does not split over {world_size} processes: the batch "
+            f"is global (each step draws it once); choose a multiple of {world_size}"
+        )
     return batch_size // world_size
 
 

@@ -70,8 +70,13 @@ def export_onnx(predictor: Predictor, out: Path, opset: int = 17) -> Path:
         # note on odd-size pooling is moot: only the batch axis varies.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(2, 1, s, s),), str(tmp), dynamo=False, opset_version=int(opset),
-            input_names=["image"], output_names=["logits", "probabilities"],
+            model,
+            (torch.zeros(2, 1, s, s),),
+            str(tmp),
+            dynamo=False,
+            opset_version=int(opset),
+            input_names=["image"],
+            output_names=["logits", "probabilities"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
         )
         add_metadata(onnx, tmp, predictor)
@@ -155,13 +160,17 @@ def main(argv: list[str]) -> int:
     ckpt = Path(str(cfg["ckpt_path"]))
     out = Path(str(cfg["out"])) if cfg["out"] else ckpt.with_suffix(".onnx")
     export_onnx(predictor, out, int(cfg["opset"]))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): input image [N, 1, {predictor.image_size}, "
-          f"{predictor.image_size}], outputs logits, probabilities [N, {len(predictor.classes)}]")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): input image [N, 1, {predictor.image_size}, "
+        f"{predictor.image_size}], outputs logits, probabilities [N, {len(predictor.classes)}]"
+    )
     res = compare_onnx(predictor, out, check_batch(predictor, int(cfg["check_batch"])))
     ok = res["max_abs_diff_logits"] <= TOLERANCE and res["max_abs_diff_probabilities"] <= TOLERANCE
-    print(f"check: onnxruntime vs PyTorch on a batch of {res['batch']}: max |Δ logits| = "
-          f"{res['max_abs_diff_logits']:.2e}, max |Δ probabilities| = {res['max_abs_diff_probabilities']:.2e}, "
-          f"top-1 agreement {res['top1_agree']:.0%}: {'OK' if ok else 'FAILED'} (tolerance {TOLERANCE:g})")
+    print(
+        f"check: onnxruntime vs PyTorch on a batch of {res['batch']}: max |Δ logits| = "
+        f"{res['max_abs_diff_logits']:.2e}, max |Δ probabilities| = {res['max_abs_diff_probabilities']:.2e}, "
+        f"top-1 agreement {res['top1_agree']:.0%}: {'OK' if ok else 'FAILED'} (tolerance {TOLERANCE:g})"
+    )
     return 0 if ok else 1
 
 

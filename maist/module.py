@@ -2,7 +2,8 @@
 
 The network, optimizer, scheduler and augmentation arrive as Hydra configs (dicts with
 ``_target_``) and are saved in the checkpoint with the class list, the preprocessing and the
-training images' ink-to-frame ratio (how prediction frames a user's picture), so ``MaistModule.load_from_checkpoint(path)`` rebuilds a model with nothing else.
+training images' ink-to-frame ratio (how prediction frames a user's picture), so
+:func:`maist.checkpoint.load_module` rebuilds a model from the file alone.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ class MaistModule(L.LightningModule):
             raise ConfigError(f"model.loss_reduction={loss_reduction!r}: must be one of {', '.join(REDUCTIONS)}")
         check_optimizer(optimizer)
         # Saved in the checkpoint; trackers get the run's flat settings at the end (maist.tracking).
-        self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")},
-                                  logger=False)
+        self.save_hyperparameters(
+            {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}, logger=False
+        )
         self.classes = list(classes or [])
         self.net = instantiate(self.hparams.net)
         self.augment = instantiate(self.hparams.augment) if augment else None
@@ -134,8 +136,9 @@ class MaistModule(L.LightningModule):
         torch.default_generator.manual_seed(seed)
 
     def loss(self, logits, y):
-        return F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction,
-                               label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(
+            logits, y, reduction=self.hparams.loss_reduction, label_smoothing=self.hparams.label_smoothing
+        )
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
@@ -163,7 +166,7 @@ class MaistModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         if self.nonfinite_step == self.global_step:  # a skipped step: the optimizer leaves every weight
-            for p in self.parameters():                # and its own state as they are
+            for p in self.parameters():  # and its own state as they are
                 p.grad = None
 
     def _all_finite(self, loss: torch.Tensor) -> bool:

@@ -40,8 +40,12 @@ def _align_data_with_checkpoint(cfg: DictConfig, ckpt: dict) -> None:
         cfg.data.class_set = spec["class_set"]
         cfg.data.image_size = spec["image_size"]
         cfg.data.preprocess = spec["preprocess"]
-    log.info("evaluating %s with its own class set %s and preprocessing %s", cfg.ckpt_path, spec["class_set"],
-             spec["preprocess"])
+    log.info(
+        "evaluating %s with its own class set %s and preprocessing %s",
+        cfg.ckpt_path,
+        spec["class_set"],
+        spec["preprocess"],
+    )
 
 
 def _torch_threads(value) -> int | None:
@@ -68,9 +72,15 @@ def _read_given_checkpoint(cfg: DictConfig) -> dict | None:
 
 
 def build_module(cfg: DictConfig, datamodule) -> MaistModule:
-    return instantiate(cfg.model, classes=datamodule.classes, class_set=datamodule.hparams.class_set,
-                       preprocess=datamodule.preprocess.as_dict(), ink_ratio=datamodule.ink_ratio,
-                       seed=cfg.seed, _recursive_=False)
+    return instantiate(
+        cfg.model,
+        classes=datamodule.classes,
+        class_set=datamodule.hparams.class_set,
+        preprocess=datamodule.preprocess.as_dict(),
+        ink_ratio=datamodule.ink_ratio,
+        seed=cfg.seed,
+        _recursive_=False,
+    )
 
 
 def run(cfg: DictConfig) -> dict:
@@ -95,8 +105,7 @@ def _run(cfg: DictConfig) -> dict:
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
     loggers = _instantiate_all(cfg.get("logger"))
     launch_ranks_as_this_job()  # before the Trainer: its launcher restarts this job for the other ranks
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     plugins=_plugins(cfg))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg))
     if trainer.global_rank > 0:  # the other ranks compute; rank zero alone reports
         logging.getLogger("maist").setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=trainer.is_global_zero)
@@ -120,15 +129,17 @@ def _run(cfg: DictConfig) -> dict:
     if cfg.test:
         tested = _test_checkpoint(cfg, trainer, callbacks)
         metrics["tested_checkpoint"] = str(tested) if tested else "final weights (no checkpoint callback saved them)"
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=tested if cfg.train else None,
-                               verbose=False, weights_only=True)
+        results = trainer.test(
+            model, datamodule=datamodule, ckpt_path=tested if cfg.train else None, verbose=False, weights_only=True
+        )
         tested_module = trainer.lightning_module
         metrics.update({k: float(v) for k, v in results[0].items() if not k.startswith(PER_CLASS)})
         metrics["test/acc_per_class"] = getattr(tested_module, "per_class_accuracy", {})
         if cfg.get("analyse_test", True) and trainer.is_global_zero:
             # rank zero predicts the whole test set itself: every image exactly once
-            metrics["analysis"] = analyse_test(tested_module, datamodule, out, loggers, metrics=metrics,
-                                               step=trainer.global_step)
+            metrics["analysis"] = analyse_test(
+                tested_module, datamodule, out, loggers, metrics=metrics, step=trainer.global_step
+            )
     if trainer.is_global_zero:  # one writer per output
         write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
         log_summary(loggers, cfg, metrics)
@@ -181,8 +192,10 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, callbacks: list) -> st
 def _report(metrics: dict, loggers: list, out: Path) -> None:
     lines = [f"run folder: {out}"]
     if "test/acc" in metrics:
-        lines.append(f"test/acc = {metrics['test/acc']:.4f}   test/acc_top5 = {metrics['test/acc_top5']:.4f}"
-                     f"   test/loss = {metrics['test/loss']:.4f}")
+        lines.append(
+            f"test/acc = {metrics['test/acc']:.4f}   test/acc_top5 = {metrics['test/acc_top5']:.4f}"
+            f"   test/loss = {metrics['test/loss']:.4f}"
+        )
     if "stopped" in metrics:
         lines.append(f"stopped early: {metrics['stopped']}")
     for lg in loggers:

@@ -74,9 +74,11 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes of one picture
 DRAIN_LIMIT = 16 * 1024 * 1024  # after an answer, at most this much of an unread body is drained
-STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
-                "/index.html": ("index.html", "text/html; charset=utf-8"),
-                "/app.js": ("app.js", "text/javascript; charset=utf-8")}
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+}
 # The layers the page shows, in order (those the network has), and their tile sizes.
 PAGE_LAYERS = ("input", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "filters", "weights")
 
@@ -94,16 +96,26 @@ RETRY_AFTER = 1  # seconds, in 503 answers
 
 JSON_TYPE = "application/json"
 Image.init()
-IMAGE_TYPES = frozenset({t for t in Image.MIME.values() if t.startswith("image/")}
-                        | {"image/jpg", "image/pjpeg", "image/x-png", "image/x-ms-bmp", "image/x-portable-graymap",
-                           "image/x-portable-pixmap"})
+IMAGE_TYPES = frozenset(
+    {t for t in Image.MIME.values() if t.startswith("image/")}
+    | {
+        "image/jpg",
+        "image/pjpeg",
+        "image/x-png",
+        "image/x-ms-bmp",
+        "image/x-portable-graymap",
+        "image/x-portable-pixmap",
+    }
+)
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 ALL_INTERFACES = frozenset({"", "0.0.0.0", "::"})
 HOST_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:/@\[\]]+)(?::(\d{1,5}))?")
 
-USAGE = "usage: python -m maist.serve ckpt_path=CKPT [host=127.0.0.1] [port=8000] [quiet=false] [ink_ratio=<the checkpoint's>]"
-DEFAULTS = {"ckpt_path": None, "host": "127.0.0.1", "port": 8000, "quiet": False, "ink_ratio": None,
-            "torch_threads": 1}
+USAGE = (
+    "usage: python -m maist.serve ckpt_path=CKPT [host=127.0.0.1] [port=8000] [quiet=false] "
+    "[ink_ratio=<the checkpoint's>]"
+)
+DEFAULTS = {"ckpt_path": None, "host": "127.0.0.1", "port": 8000, "quiet": False, "ink_ratio": None, "torch_threads": 1}
 
 
 @dataclass(frozen=True)
@@ -128,8 +140,9 @@ class HttpError(Exception):
 
 
 def busy_error(what: str) -> HttpError:
-    return HttpError(HTTPStatus.SERVICE_UNAVAILABLE, f"busy: {what}; try again in a second",
-                     {"Retry-After": str(RETRY_AFTER)})
+    return HttpError(
+        HTTPStatus.SERVICE_UNAVAILABLE, f"busy: {what}; try again in a second", {"Retry-After": str(RETRY_AFTER)}
+    )
 
 
 # ---------------------------------------------------------------------- answers
@@ -157,8 +170,14 @@ def health_payload(predictor: Predictor) -> dict:
     """``/health``: the checkpoint's file name and the model, never the folder it lives in."""
     source = str(getattr(predictor, "source", "model"))
     name = Path(source).name
-    return {"ok": True, "checkpoint": name, "model": predictor.describe().replace(source, name),
-            "classes": predictor.classes, "max_upload": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
+    return {
+        "ok": True,
+        "checkpoint": name,
+        "model": predictor.describe().replace(source, name),
+        "classes": predictor.classes,
+        "max_upload": MAX_UPLOAD,
+        "max_pixels": MAX_PIXELS,
+    }
 
 
 def error_body(status: int, reason: str) -> bytes:
@@ -168,9 +187,11 @@ def error_body(status: int, reason: str) -> bytes:
 def busy_response() -> bytes:
     """The whole 503 answer the selector thread sends when the work queue is full."""
     body = error_body(503, "busy: too many requests at once; try again in a second")
-    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\nCache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\nCache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -273,7 +294,7 @@ class Handler(BaseHTTPRequestHandler):
     request_deadline = REQUEST_DEADLINE  # seconds to receive the whole request
     predictor: Predictor  # set on the subclass made by make_server
     quiet = False
-    server: "PageServer"
+    server: PageServer
 
     # ------------------------------------------------------------------ plumbing
     def setup(self):
@@ -289,7 +310,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):
         if not self.quiet:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
+            sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
 
     def _send(self, status: HTTPStatus, body: bytes, ctype: str, headers: dict | None = None) -> None:
         self.answered = True
@@ -323,8 +344,12 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """http.server's own refusals (malformed request line or headers, unknown method, HTTP/2)
         as JSON 4xx."""
-        status = HTTPStatus({HTTPStatus.NOT_IMPLEMENTED: HTTPStatus.METHOD_NOT_ALLOWED,
-                             HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST}.get(code, code))
+        status = HTTPStatus(
+            {
+                HTTPStatus.NOT_IMPLEMENTED: HTTPStatus.METHOD_NOT_ALLOWED,
+                HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST,
+            }.get(code, code)
+        )
         self._error(HttpError(status, message or status.phrase))
 
     def _guard(self, fn) -> None:
@@ -375,7 +400,7 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 body = (STATIC / name).read_bytes()
             except OSError:
-                raise HttpError(HTTPStatus.NOT_FOUND, f"{path}: not installed with this copy of maist")
+                raise HttpError(HTTPStatus.NOT_FOUND, f"{path}: not installed with this copy of maist") from None
             self._send(HTTPStatus.OK, body, ctype)
         elif path == "/health":
             self._json(HTTPStatus.OK, health_payload(self.predictor))
@@ -387,8 +412,11 @@ class Handler(BaseHTTPRequestHandler):
     def _content_type(self) -> str:
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != JSON_TYPE and ctype not in IMAGE_TYPES:
-            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {ctype or '(none)'} is not accepted: "
-                            f"send the picture as image/png, image/jpeg (or another image type) or {JSON_TYPE}")
+            raise HttpError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Type {ctype or '(none)'} is not accepted: "
+                f"send the picture as image/png, image/jpeg (or another image type) or {JSON_TYPE}",
+            )
         return ctype
 
     def _read_body(self) -> bytes:
@@ -400,10 +428,12 @@ class Handler(BaseHTTPRequestHandler):
             if n < 0:
                 raise ValueError
         except ValueError:
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}")
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}") from None
         if n > MAX_UPLOAD:
-            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            f"the upload is {n / 1e6:.1f} MB; at most {MAX_UPLOAD / 1e6:.0f} MB")
+            raise HttpError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the upload is {n / 1e6:.1f} MB; at most {MAX_UPLOAD / 1e6:.0f} MB",
+            )
         if n == 0:
             raise HttpError(HTTPStatus.BAD_REQUEST, "empty request: POST a picture (PNG or JPEG)")
         body = self.rfile.read(n)
@@ -418,19 +448,21 @@ class Handler(BaseHTTPRequestHandler):
         ctype = self._content_type()
         data = picture_bytes(self._read_body(), ctype)
         if len(data) > MAX_UPLOAD:
-            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the picture is {len(data) / 1e6:.1f} MB; "
-                            f"at most {MAX_UPLOAD / 1e6:.0f} MB")
+            raise HttpError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the picture is {len(data) / 1e6:.1f} MB; at most {MAX_UPLOAD / 1e6:.0f} MB",
+            )
         query = parse_qs(url.query)
         layers = url.path == "/features" or query.get("layers", ["1"])[0] not in ("0", "false", "no")
         with self.server.prediction_slot():
             try:
                 doc = predict_payload(self.predictor, data, layers=layers)
             except NoInkError:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "nothing drawn: no ink found in the picture")
+                raise HttpError(HTTPStatus.BAD_REQUEST, "nothing drawn: no ink found in the picture") from None
             except ImageTooLargeError as err:
-                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
+                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err)) from None
             except ImageError as err:
-                raise HttpError(HTTPStatus.BAD_REQUEST, str(err))
+                raise HttpError(HTTPStatus.BAD_REQUEST, str(err)) from None
         self._json(HTTPStatus.OK, doc)
 
 
@@ -444,7 +476,7 @@ class ConnectionLot:
     is full) and those answered, drained until the client closes (so it reads the answer, not a
     reset). Other threads hand it connections with :meth:`put`."""
 
-    def __init__(self, server: "PageServer"):
+    def __init__(self, server: PageServer):
         self.server, self.limits = server, server.limits
         self.max_connections = min(self.limits.max_connections, _file_budget())
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -632,8 +664,10 @@ class PageServer(HTTPServer):
         self.closed = threading.Event()
         self.lot = ConnectionLot(self)
         self.lot.thread.start()
-        self.workers = [threading.Thread(target=self._work, name=f"maist-worker-{i}", daemon=True)
-                        for i in range(self.limits.workers)]
+        self.workers = [
+            threading.Thread(target=self._work, name=f"maist-worker-{i}", daemon=True)
+            for i in range(self.limits.workers)
+        ]
         for t in self.workers:
             t.start()
 
@@ -678,14 +712,22 @@ class PageServer(HTTPServer):
         self.lot.stop()
 
 
-def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-                limits: Limits | None = None) -> PageServer:
+def make_server(
+    predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False, limits: Limits | None = None
+) -> PageServer:
     """A server for ``predictor`` (port 0: any free port; see ``server.server_address``).
     Call ``serve_forever()`` on it (``shutdown()`` from another thread stops it)."""
     limits = limits or Limits()
-    handler = type("MaistHandler", (Handler,), {"predictor": predictor, "quiet": quiet,
-                                                "timeout": limits.idle_timeout,
-                                                "request_deadline": limits.request_deadline})
+    handler = type(
+        "MaistHandler",
+        (Handler,),
+        {
+            "predictor": predictor,
+            "quiet": quiet,
+            "timeout": limits.idle_timeout,
+            "request_deadline": limits.request_deadline,
+        },
+    )
     return PageServer((host, int(port)), handler, limits)
 
 

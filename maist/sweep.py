@@ -42,6 +42,7 @@ class SweepSummary(Callback):
     @staticmethod
     def _jobs_on_disk(sweep_dir: Path) -> list[tuple[list[str], Path]]:
         jobs = []
+
         def job_number(overrides: Path) -> tuple:
             num = overrides.parent.parent.name.split("_")[0]
             return (int(num) if num.isdigit() else 0, overrides.parent.parent.name)

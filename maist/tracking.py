@@ -19,9 +19,22 @@ SUMMARY_METRICS = ("val/acc_best", "test/acc", "test/acc_top5", "test/loss", "tr
 # Settings every run reports, whether or not it overrode them …
 KEY_SETTINGS = ("seed", "data.batch_size", "model.optimizer.lr", "trainer.max_steps")
 # … and overrides that do not change what a run computes.
-NOT_SETTINGS = ("hydra.", "hydra/", "paths.", "data.root", "data.test_root", "data.cache_dir", "ckpt_path", "logger",
-                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-                "torch_threads", "~", "+callbacks.")
+NOT_SETTINGS = (
+    "hydra.",
+    "hydra/",
+    "paths.",
+    "data.root",
+    "data.test_root",
+    "data.cache_dir",
+    "ckpt_path",
+    "logger",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "torch_threads",
+    "~",
+    "+callbacks.",
+)
 
 
 def _overrides() -> list[str]:
@@ -104,14 +117,17 @@ class MlflowLogger(MLFlowLogger):
 
     LOCAL_STORE = Path("outputs") / "mlruns"
 
-    def __init__(self, experiment_name: str = "maist", tracking_uri: str | None = None,
-                 run_name: str | None = None, **kwargs):
+    def __init__(
+        self, experiment_name: str = "maist", tracking_uri: str | None = None, run_name: str | None = None, **kwargs
+    ):
         if tracking_uri is None:
             tracking_uri = self.LOCAL_STORE.resolve().as_uri()
         if tracking_uri.startswith("file:"):
             # MLflow keeps its plain-file store in maintenance mode; it is what a local store needs.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        super().__init__(experiment_name=experiment_name, tracking_uri=tracking_uri,
-                         run_name=run_name or run_label(experiment_name), **kwargs)
-
-
+        super().__init__(
+            experiment_name=experiment_name,
+            tracking_uri=tracking_uri,
+            run_name=run_name or run_label(experiment_name),
+            **kwargs,
+        )

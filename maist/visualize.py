@@ -23,10 +23,22 @@ import numpy as np
 
 from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
 
-USAGE = """usage: python -m maist.visualize ckpt_path=CKPT (char=ぬ [data_root=ETL8G|ETL9G|…] [record=0] | input=my.png) [out=DIR] [k=5]"""
+USAGE = (
+    "usage: python -m maist.visualize ckpt_path=CKPT (char=ぬ [data_root=ETL8G|ETL9G|…] [record=0] | input=my.png) "
+    "[out=DIR] [k=5]"
+)
 
-DEFAULTS = {"ckpt_path": None, "char": None, "input": None, "data_root": None, "record": 0, "out": None,
-            "k": 5, "ink_ratio": None, "torch_threads": 1}
+DEFAULTS = {
+    "ckpt_path": None,
+    "char": None,
+    "input": None,
+    "data_root": None,
+    "record": 0,
+    "out": None,
+    "k": 5,
+    "ink_ratio": None,
+    "torch_threads": 1,
+}
 
 # The article's order; maps a network does not have are skipped.
 ORDER = ("input", "filters", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "weights")
@@ -90,7 +102,7 @@ def main(argv: list[str]) -> int:
     top = predictor.top_k(x, k=int(cfg["k"]))[0]
     for path in write_figures(predictor, x, out, int(cfg["k"])):
         print(path)
-    print("top-%d: %s" % (len(top), "  ".join(f"{c} {p:.1%}" for c, p in top)), file=sys.stderr)
+    print(f"top-{len(top)}: " + "  ".join(f"{c} {p:.1%}" for c, p in top), file=sys.stderr)
     return 0
 
 

@@ -26,8 +26,18 @@ from PIL import Image, ImageDraw, ImageFont
 from maist.files import atomic_path
 
 __all__ = [
-    "tile_grid", "filter_grid", "feature_figures", "bar_chart", "confusion_image", "gallery",
-    "histogram", "stack_rows", "find_cjk_font", "save_png", "grid_columns", "colormap",
+    "tile_grid",
+    "filter_grid",
+    "feature_figures",
+    "bar_chart",
+    "confusion_image",
+    "gallery",
+    "histogram",
+    "stack_rows",
+    "find_cjk_font",
+    "save_png",
+    "grid_columns",
+    "colormap",
 ]
 
 # Fonts that can draw kana, best first; searched when fc-list is missing or finds nothing.
@@ -46,8 +56,18 @@ CJK_FONT_PATHS = (
     "C:/Windows/Fonts/YuGothR.ttc",
 )
 # Preferred among what fc-list reports (a plain sans-serif before mincho or hand-writing fonts).
-_FONT_PREFERENCE = ("notosanscjk-regular", "notosanscjkjp-regular", "ipaexg", "ipag.", "ipagp",
-                    "japanese-gothic", "takaog", "vl-gothic", "notosanscjk", "gothic")
+_FONT_PREFERENCE = (
+    "notosanscjk-regular",
+    "notosanscjkjp-regular",
+    "ipaexg",
+    "ipag.",
+    "ipagp",
+    "japanese-gothic",
+    "takaog",
+    "vl-gothic",
+    "notosanscjk",
+    "gothic",
+)
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 HISTOGRAM_MARGINS = (44, 12, 24, 34)  # left, right, top, bottom: room for the labels
@@ -128,8 +148,9 @@ def _normalize(x: np.ndarray, normalize) -> np.ndarray:
     return np.where(flat, 0.0, out)
 
 
-def _assemble(tiles01: np.ndarray, ncols: int | None, pad: int, scale: int | None, min_size: int,
-              pad_value: int) -> np.ndarray:
+def _assemble(
+    tiles01: np.ndarray, ncols: int | None, pad: int, scale: int | None, min_size: int, pad_value: int
+) -> np.ndarray:
     """Lay out (K, h, w) values in [0, 1] as one grey uint8 image, row by row."""
     k, h, w = tiles01.shape
     ncols = max(1, min(ncols or grid_columns(k), k))
@@ -143,12 +164,19 @@ def _assemble(tiles01: np.ndarray, ncols: int | None, pad: int, scale: int | Non
     for i in range(k):
         r, c = divmod(i, ncols)
         y, x = r * (th + pad), c * (tw + pad)
-        out[y:y + th, x:x + tw] = tiles[i]
+        out[y : y + th, x : x + tw] = tiles[i]
     return out
 
 
-def tile_grid(maps, ncols: int | None = None, pad: int = 1, scale: int | None = None,
-              normalize="each", min_size: int = 28, pad_value: int = 255) -> np.ndarray:
+def tile_grid(
+    maps,
+    ncols: int | None = None,
+    pad: int = 1,
+    scale: int | None = None,
+    normalize="each",
+    min_size: int = 28,
+    pad_value: int = 255,
+) -> np.ndarray:
     """K maps (K, H, W) → one grey uint8 image of tiles, row-major, ``pad`` white pixels between.
 
     Each tile is min-max normalised on its own by default (``normalize='all'``: one scale for
@@ -162,8 +190,15 @@ def tile_grid(maps, ncols: int | None = None, pad: int = 1, scale: int | None = 
     return _assemble(_normalize(x, normalize), ncols, pad, scale, min_size, pad_value)
 
 
-def filter_grid(weight, ncols: int | None = None, pad: int = 4, scale: int | None = None,
-                normalize="each", min_size: int = 40, pad_value: int = 255) -> np.ndarray:
+def filter_grid(
+    weight,
+    ncols: int | None = None,
+    pad: int = 4,
+    scale: int | None = None,
+    normalize="each",
+    min_size: int = 40,
+    pad_value: int = 255,
+) -> np.ndarray:
     """Convolution weights (C, 1, k, k) → grey grid with a diverging scale: 0 is mid grey (128),
     positive weights lighter, negative darker, so the sign of each weight shows.
 
@@ -194,8 +229,9 @@ def _first_input_conv(net: torch.nn.Module) -> torch.nn.Conv2d | None:
     return None
 
 
-def feature_figures(net: torch.nn.Module, image, normalize="each", min_size: int = 56,
-                    input_size: int = 112) -> dict[str, np.ndarray]:
+def feature_figures(
+    net: torch.nn.Module, image, normalize="each", min_size: int = 56, input_size: int = 112
+) -> dict[str, np.ndarray]:
     """The article's figures for one input image (1, 1, S, S) (or (1, S, S), (S, S)), in [0, 1].
 
     Always ``"input"`` (the image, ink bright, enlarged to ``input_size`` pixels). For a network
@@ -310,8 +346,14 @@ def _text_width(text: str, size: int) -> int:
 
 
 # ---------------------------------------------------------------------- charts
-def bar_chart(labels: Sequence, probs, width: int = 360, height: int | None = None,
-              classes: Sequence[str] | None = None, row_height: int = 36) -> np.ndarray:
+def bar_chart(
+    labels: Sequence,
+    probs,
+    width: int = 360,
+    height: int | None = None,
+    classes: Sequence[str] | None = None,
+    row_height: int = 36,
+) -> np.ndarray:
     """A top-k prediction as horizontal bars, best first as given: label, bar, percentage.
 
     ``labels``: class names or class indices (looked up in ``classes``); drawn as kana when a
@@ -339,15 +381,29 @@ def bar_chart(labels: Sequence, probs, width: int = 360, height: int | None = No
         _draw_text(draw, (label_w - 8, cy), t, size, TEXT, "rm")
         draw.rectangle([label_w, y0 + rh * 0.15, label_w + bar_w, y0 + rh * 0.85], fill=(238, 238, 238))
         if v > 0:
-            draw.rectangle([label_w, y0 + rh * 0.15, label_w + max(1, round(v * bar_w)), y0 + rh * 0.85],
-                           fill=BAR_TOP if i == 0 else BAR)
+            draw.rectangle(
+                [label_w, y0 + rh * 0.15, label_w + max(1, round(v * bar_w)), y0 + rh * 0.85],
+                fill=BAR_TOP if i == 0 else BAR,
+            )
         _draw_text(draw, (label_w + bar_w + 6, cy), f"{100 * v:.1f}%", max(8, int(size * 0.75)), TEXT, "lm")
     return np.asarray(img)
 
 
 # Matplotlib's viridis at nine points; dark (0) to bright yellow (1).
-_VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
-                     (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)], np.float64)
+_VIRIDIS = np.array(
+    [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 81, 139),
+        (44, 113, 142),
+        (33, 144, 141),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ],
+    np.float64,
+)
 
 
 def colormap(values) -> np.ndarray:
@@ -358,8 +414,14 @@ def colormap(values) -> np.ndarray:
     return np.round(_VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f).astype(np.uint8)
 
 
-def confusion_image(cm, classes: Sequence[str] | None = None, cell: int = 12, normalize: str | None = "true",
-                    gamma: float = 0.5, labels: bool = True) -> np.ndarray:
+def confusion_image(
+    cm,
+    classes: Sequence[str] | None = None,
+    cell: int = 12,
+    normalize: str | None = "true",
+    gamma: float = 0.5,
+    labels: bool = True,
+) -> np.ndarray:
     """A confusion matrix (rows: true class, columns: predicted) as a viridis heatmap, RGB uint8.
 
     ``normalize='true'`` divides each row by its count (the diagonal is each class's recall);
@@ -399,8 +461,16 @@ def confusion_image(cm, classes: Sequence[str] | None = None, cell: int = 12, no
     return np.asarray(img)
 
 
-def gallery(images, true_labels, pred_labels, classes: Sequence[str] | None = None, ncols: int = 8,
-            scale: int = 3, max_items: int = 64, pad: int = 6) -> np.ndarray:
+def gallery(
+    images,
+    true_labels,
+    pred_labels,
+    classes: Sequence[str] | None = None,
+    ncols: int = 8,
+    scale: int = 3,
+    max_items: int = 64,
+    pad: int = 6,
+) -> np.ndarray:
     """Misclassified examples: each image (ink bright, as the network sees it) with a
     "true→pred" caption beneath (predicted in red), in a grid. RGB uint8.
 
@@ -438,8 +508,15 @@ def gallery(images, true_labels, pred_labels, classes: Sequence[str] | None = No
     return np.asarray(img)
 
 
-def histogram(values, bins: int = 20, value_range: tuple[float, float] = (0.0, 1.0), width: int = 480,
-              height: int = 240, title: str = "", xlabel: str = "") -> np.ndarray:
+def histogram(
+    values,
+    bins: int = 20,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    width: int = 480,
+    height: int = 240,
+    title: str = "",
+    xlabel: str = "",
+) -> np.ndarray:
     """A histogram of ``values`` as bars (``bins`` equal bins over ``value_range``), RGB uint8.
 
     The plot area is the image less ``HISTOGRAM_MARGINS``; the tallest bar fills its height

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, pack_records
-from maist.files import write_atomic
 from maist.data.kana import char_to_jis
+from maist.files import write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 ETL_DEV = REPO.parent / "shared" / "data" / "etl-dev"

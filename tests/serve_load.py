@@ -22,16 +22,23 @@ class Reply:
     seconds: float = 0.0
 
 
-def send(port: int, method: str = "GET", path: str = "/health", body: bytes | None = None,
-         headers: dict | None = None, timeout: float = 30.0) -> Reply:
+def send(
+    port: int,
+    method: str = "GET",
+    path: str = "/health",
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 30.0,
+) -> Reply:
     """One request on a fresh connection; a reset or a timeout is a Reply with ``error``."""
     started = time.perf_counter()
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         res = conn.getresponse()
-        return Reply(res.status, {k.lower(): v for k, v in res.getheaders()}, res.read(),
-                     seconds=time.perf_counter() - started)
+        return Reply(
+            res.status, {k.lower(): v for k, v in res.getheaders()}, res.read(), seconds=time.perf_counter() - started
+        )
     except (OSError, http.client.HTTPException) as err:
         return Reply(None, error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - started)
     finally:

@@ -13,8 +13,14 @@ from torch import nn
 
 from maist import viz
 from maist.analysis import (
-    ERRORS_PER_CLASS, READABLE_CLASSES, WORST_CLASSES, analyse_test, class_accuracy, confused_pairs,
-    confusion_matrix, predict,
+    ERRORS_PER_CLASS,
+    READABLE_CLASSES,
+    WORST_CLASSES,
+    analyse_test,
+    class_accuracy,
+    confused_pairs,
+    confusion_matrix,
+    predict,
 )
 from maist.data.datamodule import Part
 from maist.data.kana import class_set
@@ -55,9 +61,11 @@ class FakeExperiment:
 
 
 # (writer, true, predicted): writer 10 all right, writer 11 three wrong, writer 12 one wrong
-ROWS = ([(10, t, t) for t in (A, HA, BA, PA, HA, BA)]
-        + [(11, HA, BA), (11, HA, BA), (11, PA, BA), (11, A, A), (11, BA, BA), (11, PA, PA)]
-        + [(12, HA, BA), (12, A, A), (12, BA, BA), (12, PA, PA), (12, HA, HA), (12, A, A)])
+ROWS = (
+    [(10, t, t) for t in (A, HA, BA, PA, HA, BA)]
+    + [(11, HA, BA), (11, HA, BA), (11, PA, BA), (11, A, A), (11, BA, BA), (11, PA, PA)]
+    + [(12, HA, BA), (12, A, A), (12, BA, BA), (12, PA, PA), (12, HA, HA), (12, A, A)]
+)
 
 
 @pytest.fixture
@@ -68,8 +76,7 @@ def fake():
     # The test part is every other row of a store twice as long (as a split's parts are).
     store = answer_store(torch.stack([preds, torch.zeros_like(preds)], 1).reshape(-1))
     part = Part(store, targets, writers, rows=torch.arange(0, 2 * len(ROWS), 2))
-    dm = SimpleNamespace(classes=CLASSES, test_set=part,
-                         hparams=SimpleNamespace(eval_batch_size=5))  # several batches
+    dm = SimpleNamespace(classes=CLASSES, test_set=part, hparams=SimpleNamespace(eval_batch_size=5))  # several batches
     return ReadsItsAnswer(), dm
 
 
@@ -133,8 +140,11 @@ def test_confusion_png_is_71_by_71_cells(fake, tmp_path, monkeypatch):
 
 def test_no_errors_still_reports(tmp_path):
     targets = torch.tensor([A, HA, BA])
-    dm = SimpleNamespace(classes=CLASSES, test_set=Part(answer_store(targets, side=8), targets, torch.tensor([1, 1, 2])),
-                         hparams=SimpleNamespace(eval_batch_size=1000))
+    dm = SimpleNamespace(
+        classes=CLASSES,
+        test_set=Part(answer_store(targets, side=8), targets, torch.tensor([1, 1, 2])),
+        hparams=SimpleNamespace(eval_batch_size=1000),
+    )
     summary = analyse_test(ReadsItsAnswer(), dm, tmp_path, [])
     assert summary["errors"] == 0 and summary["confused_pairs"] == [] and summary["writer_acc_min"] == 1.0
     assert (tmp_path / "figures" / "confusion.png").is_file()
@@ -155,7 +165,10 @@ def test_class_accuracy_lists_the_classes_present_worst_first():
     cm = confusion_matrix([0, 0, 0, 2, 2, 3], [0, 1, 1, 2, 2, 0], 4)
     rows = class_accuracy(cm, ["a", "b", "c", "d"])
     assert [(r["class"], r["n"], r["acc"], r["taken_for"]) for r in rows] == [
-        ("d", 1, 0.0, "a"), ("a", 3, 0.3333, "b"), ("c", 2, 1.0, None)]  # b has no test image
+        ("d", 1, 0.0, "a"),
+        ("a", 3, 0.3333, "b"),
+        ("c", 2, 1.0, None),
+    ]  # b has no test image
 
 
 # ---------------------------------------------------------------- more classes than a matrix can show
@@ -196,13 +209,20 @@ def test_many_classes_get_a_histogram_and_the_worst_classes(tmp_path, monkeypatc
     assert summary["errors"] == sum(range(10)) and summary["classes_in_test"] == 12
     # the 12 classes present, no others: accuracy 1.0 (k = 0, 10, 11), 0.9, …, 0.1
     assert sorted(seen["values"]) == sorted([1.0] * 3 + [round(1 - k / 10, 4) for k in range(1, 10)])
-    assert set(logger.experiment.images) == {"test/class_accuracy", "test/worst_classes",
-                                             "test/misclassified", "test/worst_writers"}
+    assert set(logger.experiment.images) == {
+        "test/class_accuracy",
+        "test/worst_classes",
+        "test/misclassified",
+        "test/worst_writers",
+    }
     assert not (tmp_path / "figures" / "confusion.png").exists()
     worst = summary["worst_classes"]
     assert len(worst) == WORST_CLASSES
     assert [(w["class"], w["acc"], w["taken_for"]) for w in worst[:3]] == [
-        ("k9", 0.1, "k109"), ("k8", 0.2, "k108"), ("k7", 0.3, "k107")]
+        ("k9", 0.1, "k109"),
+        ("k8", 0.2, "k108"),
+        ("k7", 0.3, "k107"),
+    ]
     # one gallery row per worst class, at most ERRORS_PER_CLASS of its errors each
     rows = [g for g in seen["galleries"] if g[2] == ERRORS_PER_CLASS]
     assert [t[0] for t, _, _ in rows] == [9, 8, 7, 6, 5, 4, 3, 2]
@@ -213,4 +233,3 @@ def test_many_classes_get_a_histogram_and_the_worst_classes(tmp_path, monkeypatc
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| k9 | 10 | 10.0% | k109 |" in report and "figures/class_accuracy.png" in report
     assert "- classes: 12 of 150 in the test set" in report
-

@@ -15,17 +15,30 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from test_predict import held_out, tiny_predictor
 
-CHROMIUM = next((p for p in (os.environ.get("MAIST_CHROMIUM"), shutil.which("chromium"),
-                             shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
+CHROMIUM = next(
+    (
+        p
+        for p in (
+            os.environ.get("MAIST_CHROMIUM"),
+            shutil.which("chromium"),
+            shutil.which("chromium-browser"),
+            shutil.which("google-chrome"),
+        )
+        if p
+    ),
+    None,
+)
 DRIVER = os.environ.get("MAIST_CHROMEDRIVER") or shutil.which("chromedriver")
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs: pip install selenium")
 if not (CHROMIUM and DRIVER):
-    pytest.skip("browser test needs a headless Chromium and its driver: apt-get install chromium chromium-driver "
-                "(or set MAIST_CHROMIUM / MAIST_CHROMEDRIVER)", allow_module_level=True)
+    pytest.skip(
+        "browser test needs a headless Chromium and its driver: apt-get install chromium chromium-driver "
+        "(or set MAIST_CHROMIUM / MAIST_CHROMEDRIVER)",
+        allow_module_level=True,
+    )
 
 from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -55,8 +68,15 @@ def browser():
 
     opts = Options()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1100,1300", "--force-device-scale-factor=1", "--lang=ja"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,1300",
+        "--force-device-scale-factor=1",
+        "--lang=ja",
+    ):
         opts.add_argument(arg)
     try:
         driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
@@ -89,8 +109,9 @@ def strokes_of(levels: np.ndarray, grid: int = 36, box: tuple[int, int] = (35, 2
                 while c + 1 <= x1 and ink[r, c + 1]:
                     c += 1
                 y = oy + (r - y0 + 0.5) * scale
-                drags.append([(round(ox + (start - x0 + 0.5) * scale), round(y)),
-                              (round(ox + (c - x0 + 0.5) * scale), round(y))])
+                drags.append(
+                    [(round(ox + (start - x0 + 0.5) * scale), round(y)), (round(ox + (c - x0 + 0.5) * scale), round(y))]
+                )
             c += 1
     return drags
 
@@ -135,7 +156,8 @@ def test_drawing_a_kana_shows_it_first_with_every_layer(browser, page_url):
     layers = [e.get_attribute("data-layer") for e in browser.find_elements(By.CSS_SELECTOR, "#layers .layer")]
     assert layers[:7] == ["input", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2"]
     loaded = browser.execute_script(
-        "return [...document.querySelectorAll('#layers img')].every(i => i.complete && i.naturalWidth > 0)")
+        "return [...document.querySelectorAll('#layers img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert loaded
 
 

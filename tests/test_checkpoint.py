@@ -78,8 +78,14 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     torch.save(torch.load(tiny_checkpoint(), weights_only=True)["state_dict"], bare)
     out["bare state_dict"] = (bare, "bare weights \\(a state_dict\\)")
     foreign = tmp_path / "foreign.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "pytorch-lightning_version": "2.6.0",
-                "hyper_parameters": {"hidden": 128}}, foreign)
+    torch.save(
+        {
+            "state_dict": {"w": torch.zeros(2)},
+            "pytorch-lightning_version": "2.6.0",
+            "hyper_parameters": {"hidden": 128},
+        },
+        foreign,
+    )
     out["another project"] = (foreign, "a Lightning checkpoint of another project")
     return out
 
@@ -96,8 +102,10 @@ def test_every_bad_file_is_one_error_that_names_it(tmp_path, kind):
 def test_resuming_needs_the_same_model_and_a_full_training_state(tmp_path):
     ckpt = tiny_checkpoint()
     net = torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]
-    with pytest.raises(CheckpointError, match="a checkpoint of maist.models.DeepMnistCNN, but this run configures "
-                                              "maist.models.LinearSoftmax"):
+    with pytest.raises(
+        CheckpointError,
+        match="a checkpoint of maist.models.DeepMnistCNN, but this run configures maist.models.LinearSoftmax",
+    ):
         check_resumable(ckpt, {"net": {"_target_": "maist.models.LinearSoftmax"}}, "hiragana71")
     with pytest.raises(CheckpointError, match="saved with another network \\(hidden: 64 saved, 1024 now\\)"):
         check_resumable(ckpt, {"net": {**net, "hidden": 1024}}, "hiragana71")
@@ -108,8 +116,14 @@ def test_resuming_needs_the_same_model_and_a_full_training_state(tmp_path):
 
 
 def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
 
 
 def entry_points(ckpt: Path, tmp_path: Path) -> dict[str, list[str]]:
@@ -140,8 +154,13 @@ def test_no_entry_point_runs_a_malicious_checkpoint(malicious, tmp_path, entry):
 
 
 def test_resuming_another_model_fails_before_the_data_is_decoded(tmp_path):
-    proc = run("train.py", "model=linear", f"ckpt_path={tiny_checkpoint()}", f"data.cache_dir={tmp_path / 'cache'}",
-               f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run(
+        "train.py",
+        "model=linear",
+        f"ckpt_path={tiny_checkpoint()}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert proc.returncode == 2
     assert "but this run configures maist.models.LinearSoftmax" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "cache").exists()

@@ -25,22 +25,33 @@ def names(group: str) -> list[str]:
 def compose_cfg(*overrides: str, hydra: bool = False):
     register_resolvers()
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=/tmp/maist-config-test", *overrides],
-                       return_hydra_config=hydra)
+        return compose(
+            "train", overrides=["paths.output_dir=/tmp/maist-config-test", *overrides], return_hydra_config=hydra
+        )
 
 
 def build(cfg):
     """The data module, model and trainer of ``cfg`` (GPU configs are built on the CPU)."""
     datamodule = instantiate(cfg.data, _convert_="all")
     classes = list(class_set(cfg.data.class_set).classes)
-    model = instantiate(cfg.model, classes=classes, class_set=cfg.data.class_set,
-                        preprocess=datamodule.preprocess.as_dict(), _recursive_=False)
+    model = instantiate(
+        cfg.model,
+        classes=classes,
+        class_set=cfg.data.class_set,
+        preprocess=datamodule.preprocess.as_dict(),
+        _recursive_=False,
+    )
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
     overrides = {"accelerator": "cpu", "sync_batchnorm": False} if cfg.trainer.accelerator == "gpu" else {}
     if cfg.trainer.get("strategy") == "ddp":
         overrides["strategy"] = "ddp"
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False,
-                          plugins=_plugins(cfg), **overrides)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=_instantiate_all(cfg.get("logger")) or False,
+        plugins=_plugins(cfg),
+        **overrides,
+    )
     return datamodule, model, trainer
 
 
@@ -50,7 +61,9 @@ def test_every_experiment_builds(experiment):
     datamodule, model, trainer = build(cfg)
     assert isinstance(model, MaistModule)
     assert model.net(datamodule.preprocess(__import__("torch").zeros(1, 127, 128))[:, None]).shape == (
-        1, class_set(cfg.data.class_set).num_classes)
+        1,
+        class_set(cfg.data.class_set).num_classes,
+    )
     assert trainer.max_steps == cfg.trainer.max_steps > 0
 
 

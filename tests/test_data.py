@@ -16,21 +16,27 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import blob_images, etl_dev_set
 
 import maist.data.cache as cache_mod
 import maist.data.datamodule as datamodule_mod
 import maist.data.dataset as dataset_mod
 from maist.data.cache import (
-    NPY_HEADER_BYTES, RowWriter, cache_key, cached_arrays, check_arrays, load_entry, npy_header, save_small,
+    NPY_HEADER_BYTES,
+    RowWriter,
+    cache_key,
+    cached_arrays,
+    check_arrays,
+    load_entry,
+    npy_header,
+    save_small,
 )
-from maist.data.datamodule import BatchIndexSampler, MaistDataModule, Part, TensorBatches
+from maist.data.datamodule import BatchIndexSampler, MaistDataModule, Part
 from maist.data.dataset import EtlHiragana, check_loaded, load_arrays, to_float, to_uint8
 from maist.data.etl import EtlFormatError, pack_records, read_etl8g, write_etl8g
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
 from maist.data.preprocess import Preprocess, etl_levels_to_float
 from maist.data.split import make_split, split_by_writer, split_random
-
-from conftest import blob_images, etl_dev_set
 
 TINY = Preprocess(image_size=8)
 KANJI = [0x3021, 0x3022, 0x4E3F]
@@ -197,8 +203,13 @@ def test_dataset_on_generated_records(hiragana_folder, tmp_path):
 
 def test_dataset_transforms(hiragana_folder, tmp_path):
     src = hiragana_folder("あい", writers=[1])
-    ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c",
-                     transform=lambda x: x * 0 - 1, target_transform=lambda t: t + 1000)
+    ds = EtlHiragana(
+        src["root"],
+        preprocess=TINY,
+        cache_dir=tmp_path / "c",
+        transform=lambda x: x * 0 - 1,
+        target_transform=lambda t: t + 1000,
+    )
     img, target = ds[1]
     assert (img == -1).all() and target == 1001
 
@@ -256,13 +267,16 @@ def test_changed_size_misses_and_sees_new_records(hiragana_folder, tmp_path, rea
     assert len(after) == len(before) + 1
 
 
-@pytest.mark.parametrize("change", [
-    {"preprocess": Preprocess(image_size=10)},
-    {"preprocess": Preprocess(image_size=8, threshold=0.2)},
-    {"preprocess": Preprocess(image_size=8, crop=True)},
-    {"preprocess": Preprocess(image_size=8, contrast="none")},
-    {"class_set": "hiragana75"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"preprocess": Preprocess(image_size=10)},
+        {"preprocess": Preprocess(image_size=8, threshold=0.2)},
+        {"preprocess": Preprocess(image_size=8, crop=True)},
+        {"preprocess": Preprocess(image_size=8, contrast="none")},
+        {"class_set": "hiragana75"},
+    ],
+)
 def test_changed_parameters_miss(hiragana_folder, tmp_path, read_calls, change):
     src = hiragana_folder("あいっ", writers=[1, 2])
     base = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
@@ -428,18 +442,21 @@ def _corrupt_more_rows(data: bytes) -> bytes:
     return npy_header(np.uint8, (n + 1, 8, 8)) + data[NPY_HEADER_BYTES:]
 
 
-@pytest.mark.parametrize("name, corrupt", [
-    ("images.npy", _corrupt_garbage),
-    ("images.npy", _corrupt_empty),
-    ("images.npy", _corrupt_truncated),
-    ("images.npy", _corrupt_more_rows),
-    ("images.npy", None),  # missing
-    ("arrays.npz", _corrupt_garbage),
-    ("arrays.npz", _corrupt_empty),
-    ("arrays.npz", _corrupt_truncated),
-    ("arrays.npz", _corrupt_bit_flip),  # the zip's CRC
-    ("arrays.npz", None),
-])
+@pytest.mark.parametrize(
+    "name, corrupt",
+    [
+        ("images.npy", _corrupt_garbage),
+        ("images.npy", _corrupt_empty),
+        ("images.npy", _corrupt_truncated),
+        ("images.npy", _corrupt_more_rows),
+        ("images.npy", None),  # missing
+        ("arrays.npz", _corrupt_garbage),
+        ("arrays.npz", _corrupt_empty),
+        ("arrays.npz", _corrupt_truncated),
+        ("arrays.npz", _corrupt_bit_flip),  # the zip's CRC
+        ("arrays.npz", None),
+    ],
+)
 def test_corrupt_cache_file_is_recomputed(hiragana_folder, tmp_path, read_calls, caplog, name, corrupt):
     src = hiragana_folder("あいう", writers=[1, 2])
     cache = tmp_path / "c"
@@ -706,8 +723,7 @@ def test_datamodule_with_test_root(hiragana_folder, tmp_path):
     chars = HIRAGANA71[::7]  # 11 classes
     train = hiragana_folder(chars, writers=range(1, 11), name="train", seed=0)
     test = hiragana_folder(chars, writers=[90, 91, 92], name="test", seed=50)
-    dm = datamodule(train["root"], tmp_path, test_root=str(test["root"]),
-                    val_fraction=0.2, test_fraction=0.3)
+    dm = datamodule(train["root"], tmp_path, test_root=str(test["root"]), val_fraction=0.2, test_fraction=0.3)
     dm.setup("fit")
     assert len(dm.test_set) == 3 * 11
     assert set(dm.test_set.writers.tolist()) == {90, 91, 92}
@@ -735,8 +751,11 @@ def test_datamodule_rejects_unknown_sampler(tmp_path):
 
 def fake_dataset(n=10):
     """A dataset whose image k holds the value 10 k everywhere."""
-    return SimpleNamespace(images=(torch.arange(n, dtype=torch.uint8) * 10).reshape(n, 1, 1, 1).expand(n, 1, 2, 2),
-                           targets=torch.arange(n) % 3, writers=torch.arange(n) // 2)
+    return SimpleNamespace(
+        images=(torch.arange(n, dtype=torch.uint8) * 10).reshape(n, 1, 1, 1).expand(n, 1, 2, 2),
+        targets=torch.arange(n) % 3,
+        writers=torch.arange(n) // 2,
+    )
 
 
 def test_part_of():
@@ -767,7 +786,6 @@ def test_part_to_a_device_is_a_compact_copy(monkeypatch):
 
 
 def test_ink_ratio_is_that_of_the_float_images():
-    g = torch.Generator().manual_seed(0)
     store = torch.zeros(50, 1, 20, 20, dtype=torch.uint8)
     for k in range(50):  # a box of side 4 + k % 13, some of it faint (below 0.3)
         side = 4 + k % 13
@@ -932,10 +950,11 @@ def write_entry(folder: Path, arrays: dict) -> None:
     np.savez(folder / "arrays.npz", **{k: v for k, v in arrays.items() if k != "images"})
 
 
-@pytest.mark.parametrize("spoil", [_drop_labels, _short_labels, _flat_images, _float_images, _bigger_images,
-                                   _float_writers, _no_duplicates_count])
-def test_inconsistent_cache_entry_is_deleted_and_rewritten(hiragana_folder, tmp_path, read_calls,
-                                                           caplog, spoil):
+@pytest.mark.parametrize(
+    "spoil",
+    [_drop_labels, _short_labels, _flat_images, _float_images, _bigger_images, _float_writers, _no_duplicates_count],
+)
+def test_inconsistent_cache_entry_is_deleted_and_rewritten(hiragana_folder, tmp_path, read_calls, caplog, spoil):
     src = hiragana_folder("あいう", writers=[1, 2, 3])
     good = load_arrays(src["root"], "hiragana71", TINY, cache_dir=False)
     arrays = dict(good)
@@ -974,12 +993,12 @@ def test_cache_validate_is_the_callers(hiragana_folder, tmp_path):
     [path] = entries(tmp_path / "c")
     cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c", validate=lambda a: None)
     assert len(calls) == 1
-    cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c",
-                  validate=lambda a: None if "b" in a else "no b")
+    cached_arrays(src["root"], {"k": 1}, build, tmp_path / "c", validate=lambda a: None if "b" in a else "no b")
     assert len(calls) == 2 and entries(tmp_path / "c") == [path]
     assert check_arrays({"a": np.zeros((2, 3)), "n": np.array(1)}, {"a": 2}, ("n",)) is None
-    assert check_arrays({"a": np.zeros(2), "b": np.zeros(3)}, {"a": 1, "b": 1}) == \
-        "arrays of different lengths: a 2, b 3"
+    assert (
+        check_arrays({"a": np.zeros(2), "b": np.zeros(3)}, {"a": 1, "b": 1}) == "arrays of different lengths: a 2, b 3"
+    )
     assert check_arrays({"a": np.zeros(2)}, {"a": 1}, ("n",)) == "missing n"
 
 

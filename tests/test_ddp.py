@@ -32,8 +32,14 @@ class NanOnRank(L.Callback):
 
 
 def train(*overrides, cwd=REPO, env=None, timeout=300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "train.py", *overrides, *QUIET], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides, *QUIET],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode != 0:
         raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -62,8 +68,9 @@ def test_a_global_batch_must_split_over_the_ranks():
 
 @pytest.mark.parametrize("n, world", [(2272, 2), (7, 3), (1, 2), (1000, 4)])
 def test_evaluation_shards_cover_every_example_exactly_once(n, world):
-    seen = torch.cat([torch.cat(list(ShardBatches(n, 300, r, world)) or [torch.empty(0, dtype=torch.long)])
-                      for r in range(world)])
+    seen = torch.cat(
+        [torch.cat(list(ShardBatches(n, 300, r, world)) or [torch.empty(0, dtype=torch.long)]) for r in range(world)]
+    )
     assert torch.equal(seen, torch.arange(n))  # no padding, no repeats, nothing missing
 
 
@@ -72,8 +79,14 @@ def test_evaluation_shards_cover_every_example_exactly_once(n, world):
 def ddp_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     run_dir = base / "run"
-    proc = train("trainer=ddp_cpu", "model=cnn", "trainer.max_steps=60", "trainer.val_check_interval=30",
-                 f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={run_dir}")
+    proc = train(
+        "trainer=ddp_cpu",
+        "model=cnn",
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=30",
+        f"data.cache_dir={base / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    )
     return base, run_dir, proc
 
 
@@ -97,8 +110,13 @@ def test_a_checkpoint_evaluates_the_same_in_one_and_two_processes(ddp_run):
     results = {}
     for trainer in ("cpu", "ddp_cpu"):
         folder = base / f"eval-{trainer}"
-        train("train=false", f"trainer={trainer}", f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}",
-              f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={folder}")
+        train(
+            "train=false",
+            f"trainer={trainer}",
+            f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}",
+            f"data.cache_dir={base / 'cache'}",
+            f"hydra.run.dir={folder}",
+        )
         results[trainer] = metrics(folder)
     one, two = results["cpu"], results["ddp_cpu"]
     for key in ("test/acc", "test/acc_top5", "test/loss"):
@@ -112,10 +130,20 @@ def test_a_checkpoint_evaluates_the_same_in_one_and_two_processes(ddp_run):
 def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
     (tmp_path / "inject.py").write_text(INJECT)
     run_dir = tmp_path / "run"
-    train("trainer=ddp_cpu", "model=linear", "trainer.max_steps=40", "trainer.val_check_interval=20",
-          "+callbacks.inject._target_=inject.NanOnRank", "+callbacks.inject.rank=1", "+callbacks.inject.step=7",
-          f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", "~callbacks.feature_maps",
-          env={"PYTHONPATH": str(tmp_path)}, timeout=240)  # a hang would time out
+    train(
+        "trainer=ddp_cpu",
+        "model=linear",
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=20",
+        "+callbacks.inject._target_=inject.NanOnRank",
+        "+callbacks.inject.rank=1",
+        "+callbacks.inject.step=7",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        "~callbacks.feature_maps",
+        env={"PYTHONPATH": str(tmp_path)},
+        timeout=240,
+    )  # a hang would time out
     m = metrics(run_dir)
     assert m["stopped"] == "the training loss was not finite at step 7"
     assert m["steps"] == 8  # step 7 made no update on either rank; the guard stopped both after it
@@ -125,9 +153,17 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path):
-    proc = train("-m", "trainer=ddp_cpu", "model=linear", "schedule=constant,stepped", "trainer.max_steps=20",
-                 "trainer.val_check_interval=10", f"data.cache_dir={tmp_path / 'cache'}",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}", "~callbacks.feature_maps")
+    proc = train(
+        "-m",
+        "trainer=ddp_cpu",
+        "model=linear",
+        "schedule=constant,stepped",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "~callbacks.feature_maps",
+    )
     out = proc.stdout + proc.stderr
     assert out.count("MEMBER: 1/2") == 2 and out.count("MEMBER: 2/2") == 2  # two jobs, two ranks each
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
@@ -139,9 +175,17 @@ def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path):
 @pytest.mark.slow
 def test_a_submitit_local_sweep_runs_both_jobs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    proc = train("-m", "hydra/launcher=submitit_local", "model=linear", "schedule=constant,stepped",
-                 "trainer.max_steps=20", "trainer.val_check_interval=10", f"data.cache_dir={tmp_path / 'cache'}",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}", "~callbacks.feature_maps")
+    proc = train(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "model=linear",
+        "schedule=constant,stepped",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "~callbacks.feature_maps",
+    )
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2 and all("test/acc" in metrics(job) for job in jobs)
     assert "sweep summary:" in proc.stdout
@@ -150,8 +194,14 @@ def test_a_submitit_local_sweep_runs_both_jobs(tmp_path):
 @pytest.mark.slow
 def test_a_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    common = ["model=linear", "trainer.val_check_interval=10", f"data.cache_dir={tmp_path / 'cache'}",
-              f"hydra.run.dir={run_dir}", "~callbacks.feature_maps", "test=false"]
+    common = [
+        "model=linear",
+        "trainer.val_check_interval=10",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        "~callbacks.feature_maps",
+        "test=false",
+    ]
     train(*common, "trainer.max_steps=20")
     proc = train(*common, "trainer.max_steps=30", env={"SLURM_RESTART_COUNT": "1"})
     assert f"resuming from {run_dir / 'checkpoints/last.ckpt'}" in proc.stdout + proc.stderr
@@ -166,8 +216,11 @@ def test_the_slurm_launcher_starts_one_task_per_gpu():
 
     register_resolvers()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                                          "trainer.num_nodes=2"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)

@@ -26,12 +26,22 @@ class NanAfter(torch.nn.Module):
 
 def test_nonfinite_loss_stops_training_and_keeps_weights_finite(tmp_path):
     torch.manual_seed(0)
-    model = MaistModule(net={"_target_": "tests.test_divergence.NanAfter", "after": 5},
-                        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1}, classes=["a", "b", "c"])
+    model = MaistModule(
+        net={"_target_": "tests.test_divergence.NanAfter", "after": 5},
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
+        classes=["a", "b", "c"],
+    )
     data = TensorDataset(torch.rand(64, 1, 4, 4), torch.randint(3, (64,)))
     guard = DivergenceGuard()
-    trainer = L.Trainer(max_steps=50, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[guard], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=50,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[guard],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, DataLoader(data, batch_size=8))
     # five good updates; the sixth batch's loss is NaN: its update is skipped and the run stops there
     assert trainer.global_step == 6
@@ -49,8 +59,13 @@ class _Trainer:
 
 def test_validation_collapse_stops_only_below_the_fraction_of_the_best():
     guard, trainer = DivergenceGuard(collapse_fraction=0.5, min_best=0.2), _Trainer()
-    for step, acc, stops in [(1000, 0.1, False), (2000, 0.05, False),  # best too low to judge
-                             (3000, 0.9, False), (4000, 0.46, False), (5000, 0.44, True)]:
+    for step, acc, stops in [
+        (1000, 0.1, False),
+        (2000, 0.05, False),  # best too low to judge
+        (3000, 0.9, False),
+        (4000, 0.46, False),
+        (5000, 0.44, True),
+    ]:
         trainer.global_step, trainer.callback_metrics["val/acc"] = step, torch.tensor(acc)
         guard.on_validation_end(trainer, None)
         assert trainer.should_stop == stops, step

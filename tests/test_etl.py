@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import blob_images, etl_dev_set
 
 from maist.data.etl import (
     ETL8G,
@@ -29,8 +30,6 @@ from maist.data.etl import (
     write_etl8g,
 )
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set, jis_to_char
-
-from conftest import blob_images, etl_dev_set
 
 # The published layout (docs/etl-format.md), used here independently of maist's dtype.
 STRUCT_FORMAT = ">2H8sI4B4H2B30x8128s11x"
@@ -88,8 +87,14 @@ def test_hand_packed_records_decode_to_exact_pixels_and_fields(tmp_path):
     for r in range(H):
         for c in range(W):
             second[r][c] = (r * 7 + c * 3) % 16
-    raw1 = hand_record(sheet=0x0102, jis=A, serial=0x01020304, pixels=first, reading=b"A.HIRA  ",
-                       fields=(1, 2, 1, 25, 3, 4, 5, 6, 7, 8))
+    raw1 = hand_record(
+        sheet=0x0102,
+        jis=A,
+        serial=0x01020304,
+        pixels=first,
+        reading=b"A.HIRA  ",
+        fields=(1, 2, 1, 25, 3, 4, 5, 6, 7, 8),
+    )
     raw2 = hand_record(sheet=2000, jis=0x3021, serial=77, pixels=second)
     assert len(raw1) == len(raw2) == RECORD_SIZE
     assert raw1[60] == 0xF0
@@ -212,12 +217,15 @@ def test_zip_with_members_in_a_subfolder(tmp_path, make_records):
     src = tmp_path / "src"
     first = make_records(src, "ETL8G_01", jis=[A, 0x3021, I], sheet=10, seed=1)
     second = make_records(src, "ETL8G_02", jis=[U, KA], sheet=11, seed=2)
-    archive = _zip_with(tmp_path / "ETL8G.zip", {
-        "ETL8G/": b"",
-        "ETL8G/ETL8INFO": b"info " * 300,
-        "ETL8G/ETL8G_02": second["path"].read_bytes(),  # stored before _01
-        "ETL8G/ETL8G_01": first["path"].read_bytes(),
-    })
+    archive = _zip_with(
+        tmp_path / "ETL8G.zip",
+        {
+            "ETL8G/": b"",
+            "ETL8G/ETL8INFO": b"info " * 300,
+            "ETL8G/ETL8G_02": second["path"].read_bytes(),  # stored before _01
+            "ETL8G/ETL8G_01": first["path"].read_bytes(),
+        },
+    )
 
     recs = read_etl8g(archive)
 
@@ -252,12 +260,15 @@ def test_jis_subset_keeps_only_those_records_in_order(tmp_path, make_records):
     assert len(recs.files) == 2  # both files were read, even the one with nothing kept
 
 
-@pytest.mark.parametrize("codes", [
-    [A, U],
-    np.array([A, U]),
-    {A: 0, U: 1},  # a class set's jis_to_label mapping
-    (c for c in (A, U)),
-])
+@pytest.mark.parametrize(
+    "codes",
+    [
+        [A, U],
+        np.array([A, U]),
+        {A: 0, U: 1},  # a class set's jis_to_label mapping
+        (c for c in (A, U)),
+    ],
+)
 def test_jis_subset_accepts_any_collection(tmp_path, make_records, codes):
     make_records(tmp_path, "ETL8G_01", jis=[A, I, U, 0x3021], sheet=1)
     recs = read_etl8g(tmp_path, jis=codes)
@@ -322,8 +333,7 @@ def test_file_that_is_not_whole_records(tmp_path, make_records, delta):
 @pytest.mark.parametrize("name", ["ETL8G.zip", "ETL8G_download"])
 def test_truncated_zip(tmp_path, make_records, name):
     rec = make_records(tmp_path / "src", "ETL8G_01", jis=[A, I, U, KA], sheet=1)
-    good = _zip_with(tmp_path / "good.zip", {"ETL8G/ETL8G_01": rec["path"].read_bytes(),
-                                             "ETL8G/ETL8INFO": b"info"})
+    good = _zip_with(tmp_path / "good.zip", {"ETL8G/ETL8G_01": rec["path"].read_bytes(), "ETL8G/ETL8INFO": b"info"})
     data = good.read_bytes()
     cut = len(data) // 2
     if cut % RECORD_SIZE == 0:
@@ -350,8 +360,7 @@ def test_zip_member_with_bad_crc(tmp_path, make_records):
 
 
 def test_zip_without_record_files(tmp_path):
-    archive = _zip_with(tmp_path / "ETL9G.zip", {"ETL9G/ETL9INFO": b"info",
-                                                 "ETL9G/ETL9G_01.txt": bytes(RECORD_SIZE)})
+    archive = _zip_with(tmp_path / "ETL9G.zip", {"ETL9G/ETL9INFO": b"info", "ETL9G/ETL9G_01.txt": bytes(RECORD_SIZE)})
     with pytest.raises(EtlFormatError) as err:
         read_etl8g(archive)
     assert str(archive) in str(err.value) and "ETL8G_nn" in str(err.value)
@@ -657,8 +666,10 @@ def test_zip_member_with_corrupt_deflate_stream(tmp_path, make_records):
     """A corrupt compressed stream ends in zlib.error inside zipfile (before any CRC check)."""
     first = make_records(tmp_path / "src", "ETL8G_01", jis=[A, I, U], sheet=1, seed=1)
     second = make_records(tmp_path / "src", "ETL8G_02", jis=[KA, A, I], sheet=2, seed=2)
-    archive = _zip_with(tmp_path / "ETL8G.zip", {"ETL8G/ETL8G_01": first["path"].read_bytes(),
-                                                 "ETL8G/ETL8G_02": second["path"].read_bytes()})
+    archive = _zip_with(
+        tmp_path / "ETL8G.zip",
+        {"ETL8G/ETL8G_01": first["path"].read_bytes(), "ETL8G/ETL8G_02": second["path"].read_bytes()},
+    )
     with zipfile.ZipFile(archive) as zf:
         info = zf.getinfo("ETL8G/ETL8G_02")
     data = bytearray(archive.read_bytes())

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from test_predict import held_out, paper_picture, tiny_checkpoint, tiny_predictor
 
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need: pip install onnx onnxruntime")

@@ -44,8 +44,14 @@ def fake_trainer(tmp_path, classes, labels, split="val", step=0):
     dm = SimpleNamespace(classes=list(classes), **{f"{split}_set": make_part(labels)})
     recorder = Recorder()
     loggers = [SimpleNamespace(experiment=recorder), SimpleNamespace(experiment=SimpleNamespace())]  # 2nd: CSV-like
-    trainer = SimpleNamespace(global_step=step, is_global_zero=True, datamodule=dm, loggers=loggers,
-                              default_root_dir=str(tmp_path), log_dir=None)
+    trainer = SimpleNamespace(
+        global_step=step,
+        is_global_zero=True,
+        datamodule=dm,
+        loggers=loggers,
+        default_root_dir=str(tmp_path),
+        log_dir=None,
+    )
     return trainer, recorder
 
 
@@ -140,16 +146,28 @@ def test_training_run_writes_pngs_and_tensorboard_images(tmp_path):
     from maist.module import MaistModule
 
     torch.manual_seed(0)
-    model = MaistModule(net={"_target_": "maist.models.DeepMnistCNN", "num_classes": 3, "image_size": 28,
-                             "hidden": 32},
-                        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-2}, classes=["あ", "い", "ぬ"])
+    model = MaistModule(
+        net={"_target_": "maist.models.DeepMnistCNN", "num_classes": 3, "image_size": 28, "hidden": 32},
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-2},
+        classes=["あ", "い", "ぬ"],
+    )
     w0 = model.net.conv1.weight.detach().clone()
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     cb = FeatureMapFigures(every_n_steps=1, dirpath=str(tmp_path / "figures"))
-    trainer = L.Trainer(max_steps=2, logger=[tb, CSVLogger(str(tmp_path), name="csv")], callbacks=[cb],
-                        accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        default_root_dir=str(tmp_path), log_every_n_steps=1)
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=[tb, CSVLogger(str(tmp_path), name="csv")],
+        callbacks=[cb],
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=1,
+    )
     trainer.fit(model, datamodule=TinyData())
     assert trainer.global_step == 2
 
@@ -168,8 +186,7 @@ def test_training_run_writes_pngs_and_tensorboard_images(tmp_path):
     ea = EventAccumulator(tb.log_dir, size_guidance={"images": 0})
     ea.Reload()
     tags = set(ea.Tags()["images"])
-    assert {"filters/conv1", "features/あ/input", "features/あ/conv1", "features/ぬ/pool1",
-            "features/ぬ/pool2"} <= tags
+    assert {"filters/conv1", "features/あ/input", "features/あ/conv1", "features/ぬ/pool1", "features/ぬ/pool2"} <= tags
     assert [e.step for e in ea.Images("features/あ/relu1")] == [0, 1, 2]
     img = ea.Images("features/ぬ/pool1")[0]
     assert (img.height, img.width) == (4 * 56 + 3, 8 * 56 + 7)

@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import blob_images
 
 from maist.data.dataset import EtlHiragana, load_arrays
 from maist.data.etl import (
@@ -31,8 +32,6 @@ from maist.data.etl import (
 )
 from maist.data.kana import char_to_jis, class_set, jis_to_char
 from maist.data.preprocess import Preprocess, etl_levels_to_float
-
-from conftest import blob_images
 
 B8_STRUCT = ">2H4s504s"  # ETL8B2, 512 bytes (AIST's unpack.py)
 B9_STRUCT = ">2H4s504s64x"  # ETL9B, 576 bytes
@@ -66,13 +65,32 @@ def b_record(fmt, *, sheet, jis, pixels, reading=b"A.HI") -> bytes:
     return struct.pack(fmt, sheet, jis, reading, pack_bits(pixels))
 
 
-def m_record(*, code, sheet, serial, pixels, char_code=b"KA", data_number=1, fields=(0,) * 12,
-             level_max=15):
+def m_record(*, code, sheet, serial, pixels, char_code=b"KA", data_number=1, fields=(0,) * 12, level_max=15):
     """data number, 2-char code, sheet, JIS X 0201, EBCDIC, 4 evaluations/writer bytes,
     serial, 4 × uint16, Y, X, min and max level, image."""
     ebcdic, e1, e2, sex, age, ind, occ, gat, scn, y, x, lmin = fields
-    return struct.pack(M_STRUCT, data_number, char_code, sheet, code, ebcdic, e1, e2, sex, age,
-                       serial, ind, occ, gat, scn, y, x, lmin, level_max, pack_nibbles(pixels))
+    return struct.pack(
+        M_STRUCT,
+        data_number,
+        char_code,
+        sheet,
+        code,
+        ebcdic,
+        e1,
+        e2,
+        sex,
+        age,
+        serial,
+        ind,
+        occ,
+        gat,
+        scn,
+        y,
+        x,
+        lmin,
+        level_max,
+        pack_nibbles(pixels),
+    )
 
 
 def corner_pixels(max_level: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +106,7 @@ def corner_pixels(max_level: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_layouts_match_aists_structs():
-    sizes = {"ETL8G": 8199, "ETL9G": 8199, "ETL8B2": 512, "ETL9B": 576, "ETL1": 2052,
-             "ETL6": 2052, "ETL7": 2052}
+    sizes = {"ETL8G": 8199, "ETL9G": 8199, "ETL8B2": 512, "ETL9B": 576, "ETL1": 2052, "ETL6": 2052, "ETL7": 2052}
     assert {lay.name: lay.record_size for lay in LAYOUTS} == sizes
     assert struct.calcsize(B8_STRUCT) == 512 and struct.calcsize(B9_STRUCT) == 576
     assert struct.calcsize(M_STRUCT) == 2052
@@ -102,8 +119,7 @@ def test_layouts_match_aists_structs():
     assert (ETL8B2.image_offset, ETL9B.image_offset, ETL1.image_offset) == (8, 8, 32)
     assert (ETL8B2.max_level, ETL9B.max_level, ETL1.max_level, ETL8G.max_level) == (1, 1, 15, 15)
     m = record_dtype(ETL1)
-    assert [m.fields[k][1] for k in ("char_code", "sheet", "jis", "serial", "level_max")] == [
-        2, 4, 6, 12, 27]
+    assert [m.fields[k][1] for k in ("char_code", "sheet", "jis", "serial", "level_max")] == [2, 4, 6, 12, 27]
 
 
 @pytest.mark.parametrize("layout, fmt", [(ETL8B2, B8_STRUCT), (ETL9B, B9_STRUCT)])
@@ -139,8 +155,7 @@ def test_b_type_pack_matches_struct_and_round_trips(tmp_path, layout):
     images = rng.integers(0, 2, size=(9, 63, 64), dtype=np.uint8)
     jis = [A, I, U, KA, 0x3021, 0x4F53, 0x4F43, A, I]
     fmt = B8_STRUCT if layout is ETL8B2 else B9_STRUCT
-    expected = b"".join(b_record(fmt, sheet=7, jis=j, pixels=img, reading=b"    ")
-                        for img, j in zip(images, jis))
+    expected = b"".join(b_record(fmt, sheet=7, jis=j, pixels=img, reading=b"    ") for img, j in zip(images, jis))
     assert pack_records(images, jis, [7] * 9, layout=layout) == expected
     write_etl(tmp_path / ("ETL8B2C2" if layout is ETL8B2 else "ETL9B_2"), layout, images, jis, [7] * 9)
     recs = read_etl(tmp_path)
@@ -154,8 +169,14 @@ def test_etl1_exact_pixels_codes_and_fields(tmp_path):
     first, second = corner_pixels(15)
     first[0, 1], first[1, 1] = 3, 12  # second pixel of a byte: its low nibble
     raw = [
-        m_record(code=0xB1, sheet=0x0102, serial=0x01020304, pixels=first, char_code=b" A",
-                 fields=(0xC1, 1, 2, 1, 25, 3, 4, 5, 6, 7, 8, 0)),  # ｱ
+        m_record(
+            code=0xB1,
+            sheet=0x0102,
+            serial=0x01020304,
+            pixels=first,
+            char_code=b" A",
+            fields=(0xC1, 1, 2, 1, 25, 3, 4, 5, 6, 7, 8, 0),
+        ),  # ｱ
         m_record(code=0xDD, sheet=2000, serial=77, pixels=second, char_code=b" N"),  # ﾝ
         m_record(code=0xA8, sheet=2000, serial=78, pixels=second, char_code=b"WI"),  # ヰ
         m_record(code=0x41, sheet=2000, serial=79, pixels=second, char_code=b"A "),  # A
@@ -185,10 +206,8 @@ def test_etl1_exact_pixels_codes_and_fields(tmp_path):
 def test_etl7_kana_codes_are_read_as_hiragana_and_etl6_as_katakana(tmp_path):
     images = blob_images(1, seed=3)[0, :63, :64]
     codes = [0xB1, 0xB6, 0xDD, 0xA6, 0xA8, 0xAA]  # ｱ ｶ ﾝ ｦ, and the codes used for ゐ/ヰ ゑ/ヱ
-    raw = b"".join(m_record(code=c, sheet=1, serial=k + 1, pixels=images)
-                   for k, c in enumerate(codes))
-    for name, chars in (("ETL7LC_1", "あかんをゐゑ"), ("ETL7SC_2", "あかんをゐゑ"),
-                        ("ETL6C_03", "アカンヲヰヱ")):
+    raw = b"".join(m_record(code=c, sheet=1, serial=k + 1, pixels=images) for k, c in enumerate(codes))
+    for name, chars in (("ETL7LC_1", "あかんをゐゑ"), ("ETL7SC_2", "あかんをゐゑ"), ("ETL6C_03", "アカンヲヰヱ")):
         (tmp_path / name).write_bytes(raw)
         recs = read_etl(tmp_path / name)
         assert "".join(jis_to_char(int(j)) for j in recs.jis) == chars, name
@@ -197,9 +216,10 @@ def test_etl7_kana_codes_are_read_as_hiragana_and_etl6_as_katakana(tmp_path):
 
 def test_m_type_pack_matches_struct(tmp_path):
     images = np.random.default_rng(2).integers(0, 16, size=(3, 63, 64), dtype=np.uint8)
-    expected = b"".join(m_record(code=c, sheet=9, serial=k + 1, pixels=img, level_max=0,
-                                 data_number=k + 1)
-                        for k, (c, img) in enumerate(zip([0xB6, 0xB7, 0xB8], images)))
+    expected = b"".join(
+        m_record(code=c, sheet=9, serial=k + 1, pixels=img, level_max=0, data_number=k + 1)
+        for k, (c, img) in enumerate(zip([0xB6, 0xB7, 0xB8], images))
+    )
     got = pack_records(images, [0xB6, 0xB7, 0xB8], [9] * 3, reading=[b"KA"] * 3, layout=ETL1)
     assert got == expected
     write_etl(tmp_path / "ETL7LC_2", ETL7, images, [0xB6, 0xB7, 0xB8], [9] * 3)
@@ -210,10 +230,14 @@ def test_m_type_pack_matches_struct(tmp_path):
 
 def test_zip_of_etl1_files(tmp_path):
     images = blob_images(4, seed=1)[:, :63, :64]
-    first = b"".join(m_record(code=c, sheet=s, serial=k, pixels=images[k], char_code=b"  ")
-                     for k, (c, s) in enumerate([(0xB1, 1001), (0xB2, 1001)]))
-    second = b"".join(m_record(code=c, sheet=s, serial=k + 2, pixels=images[k + 2], char_code=b"  ")
-                      for k, (c, s) in enumerate([(0x30, 1001), (0x31, 1002)]))
+    first = b"".join(
+        m_record(code=c, sheet=s, serial=k, pixels=images[k], char_code=b"  ")
+        for k, (c, s) in enumerate([(0xB1, 1001), (0xB2, 1001)])
+    )
+    second = b"".join(
+        m_record(code=c, sheet=s, serial=k + 2, pixels=images[k + 2], char_code=b"  ")
+        for k, (c, s) in enumerate([(0x30, 1001), (0x31, 1002)])
+    )
     archive = tmp_path / "ETL1.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("ETL1/ETL1INFO", "info")
@@ -336,7 +360,8 @@ def test_binary_images_map_ink_to_one_and_preprocess_any_size():
     out = Preprocess(image_size=28)(x)
     assert out.shape == (1, 28, 28) and 0 < float(out.max()) <= 1.0
     crop = Preprocess(image_size=16, crop=True, threshold=0.3, despeckle=1)(
-        etl_levels_to_float(blob_images(3)[:, :63, :64], 15))
+        etl_levels_to_float(blob_images(3)[:, :63, :64], 15)
+    )
     assert crop.shape == (3, 16, 16)
 
 
@@ -346,8 +371,9 @@ def test_dataset_reads_etl8b2_with_ink_at_one(tmp_path):
         images[k, 10 + k : 40, 20 : 30 + k] = 1
     jis = [A, I, char_to_jis("っ"), A, I, 0x3021]
     write_etl(tmp_path / "etl" / "ETL8B2C1", ETL8B2, images, jis, [1, 1, 1, 2, 2, 2])
-    ds = EtlHiragana(tmp_path / "etl", "hiragana75", Preprocess(image_size=16, contrast="none"),
-                     cache_dir=tmp_path / "c")
+    ds = EtlHiragana(
+        tmp_path / "etl", "hiragana75", Preprocess(image_size=16, contrast="none"), cache_dir=tmp_path / "c"
+    )
     assert len(ds) == 5 and ds.skipped == 1 and ds.writers.tolist() == [1, 1, 1, 2, 2]
     assert [ds.classes[t] for t in ds.targets.tolist()] == list("あいっあい")
     assert float(ds.data.max()) == pytest.approx(1.0) and float(ds.data.min()) == 0.0

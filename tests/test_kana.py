@@ -21,8 +21,10 @@ from maist.data.kana import (
 from maist.data.preprocess import Preprocess
 
 # The article's 71 classes, as docs/etl-format.md lists them.
-ARTICLE71 = ("あいうえおかがきぎくぐけげこごさざしじすずせぜそぞただちぢつづてでとど"
-             "なにぬねのはばぱひびぴふぶぷへべぺほぼぽまみむめもやゆよらりるれろわをん")
+ARTICLE71 = (
+    "あいうえおかがきぎくぐけげこごさざしじすずせぜそぞただちぢつづてでとど"
+    "なにぬねのはばぱひびぴふぶぷへべぺほぼぽまみむめもやゆよらりるれろわをん"
+)
 TINY = Preprocess(image_size=8)
 
 
@@ -50,16 +52,31 @@ def test_char_to_jis_rejects_one_byte_characters():
 
 
 def test_class_set_sizes():
-    assert CLASS_SET_NAMES == ("hiragana71", "hiragana75", "hiragana71_merged", "katakana46",
-                               "katakana48", "kanji881", "kanji2965", "etl8g_all", "etl9g_all")
+    assert CLASS_SET_NAMES == (
+        "hiragana71",
+        "hiragana75",
+        "hiragana71_merged",
+        "katakana46",
+        "katakana48",
+        "kanji881",
+        "kanji2965",
+        "etl8g_all",
+        "etl9g_all",
+    )
     h71, h75, merged = (class_set(n) for n in CLASS_SET_NAMES[:3])
     assert h71.num_classes == 71 and len(h71.jis_to_label) == 71
     assert h75.num_classes == 75 and len(h75.jis_to_label) == 75
     assert merged.num_classes == 71
     assert len(merged.jis_to_label) == 71 + len(SMALL_TO_LARGE)
     assert sorted(set(merged.jis_to_label.values())) == list(range(71))
-    sizes = {"katakana46": 46, "katakana48": 48, "kanji881": 881, "kanji2965": 2965,
-             "etl8g_all": 956, "etl9g_all": 3036}
+    sizes = {
+        "katakana46": 46,
+        "katakana48": 48,
+        "kanji881": 881,
+        "kanji2965": 2965,
+        "etl8g_all": 956,
+        "etl9g_all": 3036,
+    }
     for name, n in sizes.items():
         cs = class_set(name)
         assert cs.num_classes == n == len(set(cs.classes)) == len(cs.jis_to_label), name
@@ -177,8 +194,12 @@ def test_labels_come_from_jis_codes_not_readings(tmp_path, make_records):
 
 def test_labels_of_every_class(tmp_path, make_records):
     chars = HIRAGANA71 + ETL8G_SMALL
-    make_records(tmp_path / "etl", jis=[char_to_jis(c) for c in chars], sheet=7,
-                 images=np.zeros((len(chars), 127, 128), np.uint8))
+    make_records(
+        tmp_path / "etl",
+        jis=[char_to_jis(c) for c in chars],
+        sheet=7,
+        images=np.zeros((len(chars), 127, 128), np.uint8),
+    )
     ds = EtlHiragana(tmp_path / "etl", "hiragana75", TINY, cache_dir=tmp_path / "c")
     assert [ds.classes[t] for t in ds.targets.tolist()] == list(chars)
     assert ds.class_counts() == {c: 1 for c in class_set("hiragana75").classes}

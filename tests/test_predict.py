@@ -60,10 +60,19 @@ def build_tiny_checkpoint(path: Path, steps: int = 150, seed: int = 0) -> Path:
     x, y = x[train], y[train]
     torch.manual_seed(seed)
     module = MaistModule(
-        net={"_target_": "maist.models.DeepMnistCNN", "num_classes": len(TINY_CHARS), "image_size": pre.image_size,
-             "filters": [8, 16], "hidden": 64, "keep_prob": 1.0, "init": "pytorch"},
+        net={
+            "_target_": "maist.models.DeepMnistCNN",
+            "num_classes": len(TINY_CHARS),
+            "image_size": pre.image_size,
+            "filters": [8, 16],
+            "hidden": 64,
+            "keep_prob": 1.0,
+            "init": "pytorch",
+        },
         optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3},
-        classes=list(TINY_CHARS), class_set="hiragana71", preprocess=pre.as_dict(),
+        classes=list(TINY_CHARS),
+        class_set="hiragana71",
+        preprocess=pre.as_dict(),
     )
     net = module.net
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -77,8 +86,16 @@ def build_tiny_checkpoint(path: Path, steps: int = 150, seed: int = 0) -> Path:
         opt.step()
     net.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": steps}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": L.__version__,
+            "epoch": 0,
+            "global_step": steps,
+        },
+        path,
+    )
     return path
 
 
@@ -114,9 +131,14 @@ def held_out(char: str, k: int = 0) -> np.ndarray:
 
 
 def run_cli(module: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
-                                                "OMP_NUM_THREADS": "1", "HOME": tempfile.gettempdir()})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": tempfile.gettempdir()},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -211,8 +233,21 @@ def test_cli_table_and_json(tiny_ckpt, pictures, tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "broken.png" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "no inputs", "unknown key", "k=abc", "k=0", "k=2.5",
-                                     "ink_ratio=5", "ink_ratio=abc", "torch_threads=0"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "missing",
+        "corrupt",
+        "no inputs",
+        "unknown key",
+        "k=abc",
+        "k=0",
+        "k=2.5",
+        "ink_ratio=5",
+        "ink_ratio=abc",
+        "torch_threads=0",
+    ],
+)
 def test_cli_bad_arguments_are_one_line_exit_2(problem, pictures, tmp_path, capsys):
     from maist.predict import main
 
@@ -231,12 +266,18 @@ def test_cli_bad_arguments_are_one_line_exit_2(problem, pictures, tmp_path, caps
     _, err = capsys.readouterr()
     assert rc == 2
     assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1
-    assert {"missing": "model.ckpt: no such checkpoint", "corrupt": "model.ckpt: truncated or damaged",
-            "no inputs": "no pictures found", "unknown key": "unknown argument colour=",
-            "k=abc": "k='abc': give a whole number ≥ 1", "k=0": "k=0: must be at least 1",
-            "k=2.5": "k=2.5: give a whole number", "ink_ratio=5": "ink_ratio=5: must lie in (0, 1]",
-            "ink_ratio=abc": "ink_ratio='abc': give a number", "torch_threads=0": "torch_threads=0: must be at least 1",
-            }[problem] in err
+    assert {
+        "missing": "model.ckpt: no such checkpoint",
+        "corrupt": "model.ckpt: truncated or damaged",
+        "no inputs": "no pictures found",
+        "unknown key": "unknown argument colour=",
+        "k=abc": "k='abc': give a whole number ≥ 1",
+        "k=0": "k=0: must be at least 1",
+        "k=2.5": "k=2.5: give a whole number",
+        "ink_ratio=5": "ink_ratio=5: must lie in (0, 1]",
+        "ink_ratio=abc": "ink_ratio='abc': give a number",
+        "torch_threads=0": "torch_threads=0: must be at least 1",
+    }[problem] in err
 
 
 def test_python_m_entry_point_exits_2_without_traceback(tmp_path):
@@ -245,7 +286,8 @@ def test_python_m_entry_point_exits_2_without_traceback(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'model.ckpt'}: no such checkpoint (pass ckpt_path=…/checkpoints/best.ckpt or last.ckpt "
-        "of a MAIST run)"]
+        "of a MAIST run)"
+    ]
 
 
 # ---------------------------------------------------------------------- python -m maist.visualize
@@ -257,8 +299,17 @@ def test_visualize_char_and_picture_write_the_figures(tiny_ckpt, pictures, tmp_p
     assert main([f"ckpt_path={tiny_ckpt}", "char=く", f"out={tmp_path / 'ku'}"]) == 0
     out = capsys.readouterr().out.split()
     names = [Path(p).name for p in out]
-    assert names == ["00_input.png", "01_filters.png", "02_conv1.png", "03_relu1.png", "04_pool1.png",
-                     "05_conv2.png", "06_relu2.png", "07_pool2.png", "08_top5.png"]
+    assert names == [
+        "00_input.png",
+        "01_filters.png",
+        "02_conv1.png",
+        "03_relu1.png",
+        "04_pool1.png",
+        "05_conv2.png",
+        "06_relu2.png",
+        "07_pool2.png",
+        "08_top5.png",
+    ]
     assert all(Path(p).is_file() and Path(p).parent == tmp_path / "ku" for p in out)
     assert Image.open(out[-1]).mode == "RGB" and Image.open(out[2]).mode == "L"
 
@@ -266,13 +317,16 @@ def test_visualize_char_and_picture_write_the_figures(tiny_ckpt, pictures, tmp_p
     assert len(capsys.readouterr().out.split()) == 9
 
 
-@pytest.mark.parametrize("args, message", [
-    (["char=ぬ", "record=999"], "record=999"),
-    (["char=ab"], "give one character"),
-    (["input=/nonexistent/x.png"], "/nonexistent/x.png: no such file"),
-    (["char=ぬ", "input=x.png"], "either char= or input="),
-    (["char=ぬ", "data_root=/nonexistent"], "/nonexistent: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["char=ぬ", "record=999"], "record=999"),
+        (["char=ab"], "give one character"),
+        (["input=/nonexistent/x.png"], "/nonexistent/x.png: no such file"),
+        (["char=ぬ", "input=x.png"], "either char= or input="),
+        (["char=ぬ", "data_root=/nonexistent"], "/nonexistent: no such file or folder"),
+    ],
+)
 def test_visualize_bad_arguments_exit_2(tiny_ckpt, tmp_path, capsys, args, message):
     from maist.visualize import main
 

@@ -35,8 +35,15 @@ def test_seed_changes_the_batches_and_split_seed_only_the_split(hiragana_folder,
     folder = hiragana_folder("あいうえおかきくけこ", range(1, 21))
 
     def first_batches(**kw):
-        dm = MaistDataModule(root=str(folder["root"]), class_set="hiragana71", cache_dir=str(tmp_path / "c"),
-                             batch_size=8, val_fraction=0.2, test_fraction=0.2, **kw)
+        dm = MaistDataModule(
+            root=str(folder["root"]),
+            class_set="hiragana71",
+            cache_dir=str(tmp_path / "c"),
+            batch_size=8,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            **kw,
+        )
         dm.setup("fit")
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(0)
@@ -51,11 +58,18 @@ def test_seed_changes_the_batches_and_split_seed_only_the_split(hiragana_folder,
 
 
 def module(seed: int) -> MaistModule:
-    return MaistModule(net={"_target_": "maist.models.DeepMnistCNN", "num_classes": 5, "filters": [4, 8],
-                            "hidden": 16, "keep_prob": 0.5},
-                       optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
-                       augment={"_target_": "maist.augment.BatchAffine", "rotate": 15, "translate": 0.1},
-                       seed=seed)
+    return MaistModule(
+        net={
+            "_target_": "maist.models.DeepMnistCNN",
+            "num_classes": 5,
+            "filters": [4, 8],
+            "hidden": 16,
+            "keep_prob": 0.5,
+        },
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
+        augment={"_target_": "maist.augment.BatchAffine", "rotate": 15, "translate": 0.1},
+        seed=seed,
+    )
 
 
 def step_draw(m: MaistModule, x: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,7 @@ def glyph_strokes(k: int) -> np.ndarray:
     return np.random.default_rng(1000 + k).uniform(0.1, 0.9, size=(STROKES, 4))
 
 
-def draw_glyph(k: int, rng: np.random.Generator, height: int = 127, width: int = 128,
-               ink: int = 15) -> np.ndarray:
+def draw_glyph(k: int, rng: np.random.Generator, height: int = 127, width: int = 128, ink: int = 15) -> np.ndarray:
     """One writer's rendering of glyph ``k`` as ETL levels (0 paper … ``ink``): shifted, scaled
     and of a stroke width of its own, on faint noise."""
     img = Image.new("L", (width, height), 0)
@@ -37,8 +36,10 @@ def draw_glyph(k: int, rng: np.random.Generator, height: int = 127, width: int =
     scale, dx, dy = rng.uniform(0.75, 0.95), rng.uniform(-6, 6), rng.uniform(-6, 6)
     stroke = int(rng.integers(5, 9))
     for x0, y0, x1, y1 in glyph_strokes(k):
-        points = [(width * (0.5 + scale * (x - 0.5)) + dx, height * (0.5 + scale * (y - 0.5)) + dy)
-                  for x, y in ((x0, y0), (x1, y1))]
+        points = [
+            (width * (0.5 + scale * (x - 0.5)) + dx, height * (0.5 + scale * (y - 0.5)) + dy)
+            for x, y in ((x0, y0), (x1, y1))
+        ]
         draw.line(points, fill=int(rng.integers(max(1, ink * 3 // 5), ink + 1)), width=stroke)
     levels = np.asarray(img, np.uint8)
     return np.maximum(levels, rng.integers(0, 2, size=levels.shape, dtype=np.uint8) * (ink > 1))
@@ -50,15 +51,26 @@ def write_kanji_folder(root: Path) -> None:
     codes = [char_to_jis(c) for c in KANJI]
     for f, writers in enumerate((range(1, 11), range(11, WRITERS + 1)), start=1):
         images = [draw_glyph(k, rng) for _ in writers for k in range(len(KANJI))]
-        write_etl(root / f"ETL9G_{f:02d}", ETL9G, np.stack(images), codes * len(writers),
-                  np.repeat(list(writers), len(KANJI)))
+        write_etl(
+            root / f"ETL9G_{f:02d}", ETL9G, np.stack(images), codes * len(writers), np.repeat(list(writers), len(KANJI))
+        )
 
 
 # The kanji experiment as configured, cut to a CPU-sized run: fewer steps and channels.
-SHORT = ["experiment=kanji", "trainer.max_steps=200", "trainer.val_check_interval=100", "data.batch_size=48",
-         "data.eval_batch_size=256", "model.net.channels=[8,16,32,32]", "model.net.convs_per_stage=1",
-         "model.net.dropout=0.0", "trainer.log_every_n_steps=20", "trainer.enable_progress_bar=false",
-         "trainer.enable_model_summary=false", "torch_threads=1"]
+SHORT = [
+    "experiment=kanji",
+    "trainer.max_steps=200",
+    "trainer.val_check_interval=100",
+    "data.batch_size=48",
+    "data.eval_batch_size=256",
+    "model.net.channels=[8,16,32,32]",
+    "model.net.convs_per_stage=1",
+    "model.net.dropout=0.0",
+    "trainer.log_every_n_steps=20",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "torch_threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +78,20 @@ def kanji_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("kanji")
     write_kanji_folder(base / "ETL9G")
     run_dir = base / "run"
-    proc = subprocess.run([sys.executable, "train.py", *SHORT, f"data.root={base / 'ETL9G'}",
-                           f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={run_dir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *SHORT,
+            f"data.root={base / 'ETL9G'}",
+            f"data.cache_dir={base / 'cache'}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return base, run_dir
 
@@ -115,8 +138,10 @@ def test_predict_and_visualize_with_a_kanji_checkpoint(kanji_run, tmp_path, caps
 
     out = tmp_path / "vis"
     char = KANJI[7]
-    assert visualize.main([f"ckpt_path={ckpt}", f"char={char}", f"data_root={base / 'ETL9G'}", "record=3",
-                           f"out={out}"]) == 0
+    assert (
+        visualize.main([f"ckpt_path={ckpt}", f"char={char}", f"data_root={base / 'ETL9G'}", "record=3", f"out={out}"])
+        == 0
+    )
     captured = capsys.readouterr()
     assert (out / "00_input.png").is_file() and (out / "01_filters.png").is_file()
     assert captured.err.startswith(f"top-5: {char} ")  # a record of its training data: read right

@@ -15,8 +15,18 @@ def table(name, param):
 
 @pytest.mark.parametrize(
     "step, lr",
-    [(0, 1e-3), (999, 1e-3), (1000, 1e-4), (1001, 1e-4), (4999, 1e-4), (5000, 1e-5),
-     (9999, 1e-5), (10000, 1e-6), (10001, 1e-6), (19999, 1e-6)],
+    [
+        (0, 1e-3),
+        (999, 1e-3),
+        (1000, 1e-4),
+        (1001, 1e-4),
+        (4999, 1e-4),
+        (5000, 1e-5),
+        (9999, 1e-5),
+        (10000, 1e-6),
+        (10001, 1e-6),
+        (19999, 1e-6),
+    ],
 )
 def test_stepped_rate_at_boundaries(step, lr):
     assert table("stepped", "lr")(step) == pytest.approx(lr)
@@ -24,10 +34,24 @@ def test_stepped_rate_at_boundaries(step, lr):
 
 @pytest.mark.parametrize(
     "step, lr, keep",
-    [(0, 1e-3, 1.0), (999, 1e-3, 1.0), (1000, 1e-4, 1.0), (2999, 1e-4, 1.0), (3000, 1e-5, 0.3),
-     (6999, 1e-5, 0.3), (7000, 1e-6, 0.3), (9999, 1e-6, 0.3), (10000, 1e-7, 0.1), (13999, 1e-7, 0.1),
-     (14000, 1e-8, 0.1), (14999, 1e-8, 0.1), (15000, 1e-8, 0.05), (18999, 1e-8, 0.05),
-     (19000, 1e-9, 0.8), (19999, 1e-9, 0.8)],
+    [
+        (0, 1e-3, 1.0),
+        (999, 1e-3, 1.0),
+        (1000, 1e-4, 1.0),
+        (2999, 1e-4, 1.0),
+        (3000, 1e-5, 0.3),
+        (6999, 1e-5, 0.3),
+        (7000, 1e-6, 0.3),
+        (9999, 1e-6, 0.3),
+        (10000, 1e-7, 0.1),
+        (13999, 1e-7, 0.1),
+        (14000, 1e-8, 0.1),
+        (14999, 1e-8, 0.1),
+        (15000, 1e-8, 0.05),
+        (18999, 1e-8, 0.05),
+        (19000, 1e-9, 0.8),
+        (19999, 1e-9, 0.8),
+    ],
 )
 def test_stepped_dropout_tables_at_boundaries(step, lr, keep):
     assert table("stepped_dropout", "lr")(step) == pytest.approx(lr)
@@ -71,8 +95,12 @@ def test_callback_sets_rate_and_keep_prob_before_the_step_and_logs_changes_only(
     opt = torch.optim.Adam(module.net.parameters(), lr=0.123)
     lr_cb = StepSchedule("lr", {0: 1e-3, 1000: 1e-4})
     keep_cb = StepSchedule("keep_prob", {0: 1.0, 1000: 0.3})
-    for step, want_lr, want_keep, logged in [(0, 1e-3, 1.0, True), (999, 1e-3, 1.0, False),
-                                              (1000, 1e-4, 0.3, True), (1001, 1e-4, 0.3, False)]:
+    for step, want_lr, want_keep, logged in [
+        (0, 1e-3, 1.0, True),
+        (999, 1e-3, 1.0, False),
+        (1000, 1e-4, 0.3, True),
+        (1001, 1e-4, 0.3, False),
+    ]:
         trainer = _Trainer(step, opt)
         lr_cb.on_train_batch_start(trainer, module, None, 0)
         keep_cb.on_train_batch_start(trainer, module, None, 0)

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from PIL import Image
-
 from serve_load import burst, closed_by_server, open_idle, reset, send, status_of
 from test_predict import held_out, paper_picture, tiny_checkpoint, tiny_predictor
 
@@ -88,15 +87,18 @@ def test_json_base64_body_and_no_layers(base_url):
     assert status == 200 and doc["top5"][0][0] == "し" and "layers" not in doc
 
 
-@pytest.mark.parametrize("what, body, code, reason", [
-    ("empty canvas", png(np.full((280, 280), 255, np.uint8)), 400, "nothing drawn"),
-    ("garbage bytes", b"\x00\x01garbage" * 50, 400, "not a picture"),
-    ("truncated png", None, 400, "cannot be read"),
-    ("no body", b"", 400, "empty request"),
-    ("bad json", b'{"image": 3', 400, "expected JSON"),
-    ("bad base64", b'{"image": "data:image/png;base64,@@@"}', 400, "base64"),
-    ("huge", b"\x89PNG" + b"\x00" * (3 * 1024 * 1024), 413, "at most 2 MB"),
-])
+@pytest.mark.parametrize(
+    "what, body, code, reason",
+    [
+        ("empty canvas", png(np.full((280, 280), 255, np.uint8)), 400, "nothing drawn"),
+        ("garbage bytes", b"\x00\x01garbage" * 50, 400, "not a picture"),
+        ("truncated png", None, 400, "cannot be read"),
+        ("no body", b"", 400, "empty request"),
+        ("bad json", b'{"image": 3', 400, "expected JSON"),
+        ("bad base64", b'{"image": "data:image/png;base64,@@@"}', 400, "base64"),
+        ("huge", b"\x89PNG" + b"\x00" * (3 * 1024 * 1024), 413, "at most 2 MB"),
+    ],
+)
 def test_bad_uploads_get_4xx_with_a_reason(base_url, what, body, code, reason):
     if body is None:
         body = drawing("つ")[:200]
@@ -120,8 +122,12 @@ def test_unknown_paths_and_methods(base_url):
 
 def test_server_survives_bad_requests(base_url):
     good = drawing("く")
-    bad = [(b"junk", "image/png"), (good[: len(good) // 2], "image/png"), (b'{"image": 5}', "application/json"),
-           (b"[" * 100_000, "application/json")]
+    bad = [
+        (b"junk", "image/png"),
+        (good[: len(good) // 2], "image/png"),
+        (b'{"image": 5}', "application/json"),
+        (b"[" * 100_000, "application/json"),
+    ]
     for body, ctype in bad:
         status, _, out = request(base_url + "/predict", body, {"Content-Type": ctype})
         assert status == 400 and json.loads(out)["status"] == 400
@@ -207,8 +213,9 @@ def test_200_concurrent_posts_are_all_answered(base_url):
     """http.server's listen backlog of 5 reset most of such a burst; now every request gets an
     answer: 200, or 503 with Retry-After when the queues are full."""
     started = time.monotonic()
-    replies = burst(port_of(base_url), 200, method="POST", path="/predict?layers=0", body=drawing_once(),
-                    headers=PNG, timeout=60)
+    replies = burst(
+        port_of(base_url), 200, method="POST", path="/predict?layers=0", body=drawing_once(), headers=PNG, timeout=60
+    )
     elapsed = time.monotonic() - started
     lost = [r.error for r in replies if r.status is None]
     assert not lost, f"{len(lost)} of 200 got no answer, e.g. {lost[:3]}"
@@ -225,8 +232,10 @@ def test_a_stalled_request_is_closed_by_the_timeout(stall):
     ``idle_timeout`` (or ``request_deadline``) instead of holding a thread forever."""
     with serving(idle_timeout=0.5, request_deadline=2.0) as port:
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
-                "Content-Length: 1000\r\n\r\n").encode()
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+            "Content-Length: 1000\r\n\r\n"
+        ).encode()
         started = time.monotonic()
         if stall == "headers":
             sock.sendall(head[:30])
@@ -312,11 +321,22 @@ def test_a_full_work_queue_answers_503_at_once():
 
 
 # ---------------------------------------------------------------------- who may ask
-@pytest.mark.parametrize("host, code", [
-    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("[::1]:{port}", 200), ("LOCALHOST:{port}", 200),
-    ("evil.example:{port}", 421), ("evil.example", 421), ("127.0.0.1:1", 421), ("127.0.0.1", 421),
-    ("localhost.evil.example:{port}", 421), ("evil@127.0.0.1:{port}", 421), ("127.0.0.1:{port}/x", 421),
-])
+@pytest.mark.parametrize(
+    "host, code",
+    [
+        ("127.0.0.1:{port}", 200),
+        ("localhost:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("LOCALHOST:{port}", 200),
+        ("evil.example:{port}", 421),
+        ("evil.example", 421),
+        ("127.0.0.1:1", 421),
+        ("127.0.0.1", 421),
+        ("localhost.evil.example:{port}", 421),
+        ("evil@127.0.0.1:{port}", 421),
+        ("127.0.0.1:{port}/x", 421),
+    ],
+)
 def test_a_foreign_host_is_refused(base_url, host, code):
     """DNS rebinding: a page at http://evil.example:PORT whose name now points at 127.0.0.1 sends
     ``Host: evil.example:PORT``; only this server's own names are answered."""
@@ -344,11 +364,18 @@ def test_the_names_a_server_answers_to_follow_its_binding():
     assert not everywhere.allows_host("evil.example") and not everywhere.allows_origin("http://evil.example")
 
 
-@pytest.mark.parametrize("origin, code", [
-    ("http://127.0.0.1:{port}", 200), ("http://localhost:{port}", 200),
-    ("http://evil.example", 403), ("null", 403), ("https://127.0.0.1:{port}", 403),
-    ("http://127.0.0.1:{port}.evil.example", 403), ("http://127.0.0.1:1", 403),
-])
+@pytest.mark.parametrize(
+    "origin, code",
+    [
+        ("http://127.0.0.1:{port}", 200),
+        ("http://localhost:{port}", 200),
+        ("http://evil.example", 403),
+        ("null", 403),
+        ("https://127.0.0.1:{port}", 403),
+        ("http://127.0.0.1:{port}.evil.example", 403),
+        ("http://127.0.0.1:1", 403),
+    ],
+)
 def test_a_post_from_another_origin_is_refused(base_url, origin, code):
     port = port_of(base_url)
     reply = send(port, "POST", "/predict?layers=0", drawing_once(), {"Origin": origin.format(port=port), **PNG})
@@ -357,9 +384,17 @@ def test_a_post_from_another_origin_is_refused(base_url, origin, code):
         assert "refused" in json.loads(reply.body)["error"]
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
-                                   "multipart/form-data; boundary=x", "application/octet-stream",
-                                   "image/svg+xml", None])
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "image/svg+xml",
+        None,
+    ],
+)
 def test_only_image_and_json_bodies_are_accepted(base_url, ctype):
     """What a form on another site can send (text/plain, form data) is refused with 415."""
     headers = {"Content-Type": ctype} if ctype else {}
@@ -388,18 +423,31 @@ def test_a_picture_of_too_many_pixels_is_413_before_decoding(base_url):
     assert reply.seconds < 2
 
 
-@pytest.mark.parametrize("raw, code", [
-    (b"OPTIONS /predict HTTP/1.1\r\n\r\n", 405),
-    (b"BREW /predict HTTP/1.1\r\n\r\n", 405),
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/2.0\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", 431),
-    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
-    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: -5\r\n\r\n", 400),
-    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 999999999\r\n\r\n", 413),
-    (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 50\r\n\r\nshort", 408),
-], ids=["options", "unknown-method", "garbage", "http2", "too-many-headers", "chunked", "negative-length",
-        "too-long", "short-body"])
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"OPTIONS /predict HTTP/1.1\r\n\r\n", 405),
+        (b"BREW /predict HTTP/1.1\r\n\r\n", 405),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", 431),
+        (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
+        (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: -5\r\n\r\n", 400),
+        (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 999999999\r\n\r\n", 413),
+        (b"POST /predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 50\r\n\r\nshort", 408),
+    ],
+    ids=[
+        "options",
+        "unknown-method",
+        "garbage",
+        "http2",
+        "too-many-headers",
+        "chunked",
+        "negative-length",
+        "too-long",
+        "short-body",
+    ],
+)
 def test_every_bad_request_is_a_4xx_in_json(raw, code):
     with serving(idle_timeout=0.5) as port:
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -416,9 +464,11 @@ def test_disconnects_and_timeouts_leave_no_traceback(capfd, caplog):
     with serving(quiet=False, idle_timeout=0.3) as port:
         head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
         pic = drawing_once()
-        for raw in (b"POST /pre",  # reset inside the request line
-                    (head + "Content-Length: 100000\r\n\r\n").encode() + b"x" * 5000,  # inside the body
-                    (head + f"Content-Length: {len(pic)}\r\n\r\n").encode() + pic):  # before the answer
+        for raw in (
+            b"POST /pre",  # reset inside the request line
+            (head + "Content-Length: 100000\r\n\r\n").encode() + b"x" * 5000,  # inside the body
+            (head + f"Content-Length: {len(pic)}\r\n\r\n").encode() + pic,
+        ):  # before the answer
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             sock.sendall(raw)
             time.sleep(0.05)

@@ -12,15 +12,27 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "torch_threads=1",
-         "model=linear", "trainer.max_steps=20", "trainer.val_check_interval=10"]
+QUIET = [
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "torch_threads=1",
+    "model=linear",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+]
 
 pytestmark = pytest.mark.slow
 
 
 def train(*overrides, env=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "train.py", *overrides, *QUIET], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides, *QUIET],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -40,8 +52,13 @@ def hparams_row(tensorboard_dir: Path) -> tuple[dict, dict]:
 
 
 def test_a_sweep_is_one_hparams_table_with_named_folders(tmp_path):
-    train("-m", "schedule=constant,stepped", f"hydra.sweep.dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}",
-          "~callbacks.feature_maps")
+    train(
+        "-m",
+        "schedule=constant,stepped",
+        f"hydra.sweep.dir={tmp_path}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "~callbacks.feature_maps",
+    )
     jobs = sorted(p for p in tmp_path.iterdir() if (p / "metrics.json").is_file())
     assert [p.name.split(",")[0] for p in jobs] == ["0_model=linear", "1_model=linear"]
     assert "schedule=constant" in jobs[0].name and "schedule=stepped" in jobs[1].name
@@ -59,9 +76,15 @@ def test_mlflow_gets_the_settings_metrics_and_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store, as MAIST's logger uses
     store = (tmp_path / "mlruns").as_uri()
     run_dir = tmp_path / "run"
-    train("logger=mlflow", f"logger.mlflow.tracking_uri={store}", "schedule=stepped", f"hydra.run.dir={run_dir}",
-          "trainer.log_every_n_steps=5",
-          f"data.cache_dir={tmp_path / 'cache'}", env={"MLFLOW_ALLOW_FILE_STORE": "true"})
+    train(
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={store}",
+        "schedule=stepped",
+        f"hydra.run.dir={run_dir}",
+        "trainer.log_every_n_steps=5",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        env={"MLFLOW_ALLOW_FILE_STORE": "true"},
+    )
     client = mlflow.tracking.MlflowClient(store)
     (experiment,) = [e for e in client.search_experiments() if e.name == "train"]
     (run,) = client.search_runs([experiment.experiment_id])
@@ -71,4 +94,6 @@ def test_mlflow_gets_the_settings_metrics_and_figures(tmp_path, monkeypatch):
     assert "train/loss" in run.data.metrics and "val/acc" in run.data.metrics
     assert "schedule=stepped" in run.info.run_name and "logger" not in run.info.run_name
     figures = [a.path for a in client.list_artifacts(run.info.run_id)]
-    assert any(p.startswith("analysis") or p.startswith("filters") or p.startswith("features") for p in figures), figures
+    assert any(p.startswith("analysis") or p.startswith("filters") or p.startswith("features") for p in figures), (
+        figures
+    )

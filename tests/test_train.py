@@ -16,8 +16,9 @@ FAST = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false
 
 
 def train(*overrides, cwd=ROOT, check=True):
-    proc = subprocess.run([sys.executable, "train.py", *overrides, *FAST], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides, *FAST], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -43,8 +44,14 @@ def ckpt_step(path: Path) -> int:
 
 # The article's CNN, 200 steps of 50 on the generated sample (63 batches an epoch), validated
 # every 75 steps (75 and 150: the last validation is not the last step), testing last.ckpt.
-RUN = ("model=cnn", "trainer.max_steps=200", "trainer.val_check_interval=75", "test_ckpt=last",
-       "logger=tensorboard_csv", "trainer.log_every_n_steps=1")
+RUN = (
+    "model=cnn",
+    "trainer.max_steps=200",
+    "trainer.val_check_interval=75",
+    "test_ckpt=last",
+    "logger=tensorboard_csv",
+    "trainer.log_every_n_steps=1",
+)
 
 KILLER = """
 import os, signal
@@ -94,8 +101,12 @@ def test_last_checkpoint_holds_the_final_weights_and_is_what_was_tested(sample_r
 def test_checkpoint_evaluates_the_same_in_a_new_process(sample_run):
     base, run_dir = sample_run
     eval_dir = base / "eval"
-    train("train=false", f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}", f"data.cache_dir={base / 'cache'}",
-          f"hydra.run.dir={eval_dir}")
+    train(
+        "train=false",
+        f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}",
+        f"data.cache_dir={base / 'cache'}",
+        f"hydra.run.dir={eval_dir}",
+    )
     assert metrics(eval_dir)["test/acc"] == pytest.approx(metrics(run_dir)["test/acc"], abs=1e-6)
     assert metrics(eval_dir)["tested_checkpoint"] == str(run_dir / "checkpoints/last.ckpt")
 
@@ -114,10 +125,23 @@ def test_a_killed_run_resumes_mid_epoch_with_the_same_batches(sample_run, tmp_pa
     base, run_dir = sample_run
     (tmp_path / "killer.py").write_text(KILLER)
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "train.py", *RUN, *FAST, "+callbacks.kill._target_=killer.KillAt",
-                           "+callbacks.kill.step=120", f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={killed}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *RUN,
+            *FAST,
+            "+callbacks.kill._target_=killer.KillAt",
+            "+callbacks.kill.step=120",
+            f"data.cache_dir={base / 'cache'}",
+            f"hydra.run.dir={killed}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     last = killed / "checkpoints/last.ckpt"
     assert ckpt_step(last) == 75
@@ -131,9 +155,16 @@ def test_a_killed_run_resumes_mid_epoch_with_the_same_batches(sample_run, tmp_pa
 
 
 def test_sweep_reports_a_failing_job_and_runs_the_others(tmp_path):
-    proc = train("-m", "data.class_set=hiragana71,no_such_set", "model=linear", "trainer.max_steps=20",
-                 "trainer.val_check_interval=10", f"data.cache_dir={tmp_path / 'cache'}",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}", "~callbacks.feature_maps")
+    proc = train(
+        "-m",
+        "data.class_set=hiragana71,no_such_set",
+        "model=linear",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "~callbacks.feature_maps",
+    )
     good, bad = (metrics(next((tmp_path / "sweep").glob(f"{n}_*"))) for n in (0, 1))
     assert "test/acc" in good and "failed" not in good
     assert "unknown class set 'no_such_set'" in bad["failed"]

@@ -32,10 +32,10 @@ def test_tile_grid_shape_and_row_major_placement():
     for i in range(k):
         r, c = divmod(i, 4)
         y, x = r * (12 + 2), c * (15 + 2)
-        assert (out[y:y + 3, x:x + 3] == 255).all()  # the bright pixel, 3×3 after scaling
-        assert (out[y + 3:y + 12, x + 3:x + 15] == 0).all()
+        assert (out[y : y + 3, x : x + 3] == 255).all()  # the bright pixel, 3×3 after scaling
+        assert (out[y + 3 : y + 12, x + 3 : x + 15] == 0).all()
     assert (out[:, 15:17] == 255).all()  # white gap between columns
-    assert (out[14:, 2 * 17:] == 255).all()  # two empty cells in the last row stay background
+    assert (out[14:, 2 * 17 :] == 255).all()  # two empty cells in the last row stay background
 
 
 def test_tile_grid_auto_scale_makes_small_maps_visible():

@@ -33,8 +33,11 @@ class DivergenceGuard(L.Callback):
     def _stop(self, trainer: L.Trainer, reason: str) -> None:
         self.reason = reason
         trainer.should_stop = True
-        log.error("divergence guard: %s. Training stops; use checkpoints/best.ckpt "
-                  "(lower the learning rate or use schedule=stepped).", reason)
+        log.error(
+            "divergence guard: %s. Training stops; use checkpoints/best.ckpt "
+            "(lower the learning rate or use schedule=stepped).",
+            reason,
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = getattr(pl_module, "nonfinite_step", None)
@@ -47,8 +50,9 @@ class DivergenceGuard(L.Callback):
         acc = float(trainer.callback_metrics[self.monitor])
         self.best = max(self.best, acc)
         if self.best >= self.min_best and acc < self.collapse_fraction * self.best and self.reason is None:
-            self._stop(trainer, f"{self.monitor} collapsed to {acc:.4f} at step {trainer.global_step} "
-                                f"(best {self.best:.4f})")
+            self._stop(
+                trainer, f"{self.monitor} collapsed to {acc:.4f} at step {trainer.global_step} (best {self.best:.4f})"
+            )
 
     def state_dict(self):
         return {"best": self.best}

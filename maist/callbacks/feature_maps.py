@@ -32,8 +32,9 @@ NET_FIGURES = {"filters": "filters/conv1", "weights": "weights/fc"}
 
 
 class FeatureMapFigures(L.Callback):
-    def __init__(self, chars=DEFAULT_CHARS, every_n_steps: int | None = None, dirpath: str | None = None,
-                 split: str = "val"):
+    def __init__(
+        self, chars=DEFAULT_CHARS, every_n_steps: int | None = None, dirpath: str | None = None, split: str = "val"
+    ):
         if every_n_steps is not None and every_n_steps <= 0:
             raise ValueError(f"every_n_steps must be a positive number of steps or None, got {every_n_steps}")
         self.chars = tuple(chars or ())
@@ -80,8 +81,7 @@ class FeatureMapFigures(L.Callback):
             labels = [int(v) for v in torch.unique(targets)[:5]]  # sorted: the kana-table order
             samples = [(name(lab), first(lab)) for lab in labels]
             log.info("feature maps: drawing %s instead", " ".join(n for n, _ in samples))
-        return [(n, img.detach().to("cpu", torch.float32).reshape(1, 1, *img.shape[-2:]).clone())
-                for n, img in samples]
+        return [(n, img.detach().to("cpu", torch.float32).reshape(1, 1, *img.shape[-2:]).clone()) for n, img in samples]
 
     # ------------------------------------------------------------------ drawing
     def _dir(self, trainer: L.Trainer) -> Path:
@@ -129,8 +129,7 @@ class FeatureMapFigures(L.Callback):
         tracking.flush(trainer.loggers)
         if not self._announced:
             self._announced = True
-            log.info("feature maps: figures of %s written to %s", ", ".join(figures) or "the filters",
-                     folder.parent)
+            log.info("feature maps: figures of %s written to %s", ", ".join(figures) or "the filters", folder.parent)
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer, pl_module):

@@ -110,8 +110,10 @@ def check_arrays(
 
 def npy_header(dtype: np.dtype, shape: tuple[int, ...], size: int = NPY_HEADER_BYTES) -> bytes:
     """A .npy (version 1.0) header of exactly ``size`` bytes for a C-order array."""
-    text = (f"{{'descr': {np.lib.format.dtype_to_descr(np.dtype(dtype))!r}, "
-            f"'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}")
+    text = (
+        f"{{'descr': {np.lib.format.dtype_to_descr(np.dtype(dtype))!r}, "
+        f"'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
+    )
     magic = np.lib.format.magic(1, 0)
     room = size - len(magic) - 2  # the text and its newline, after a 2-byte length
     if len(text) + 1 > room:
@@ -129,8 +131,7 @@ class RowWriter:
     file there. Any failure to write raises :class:`CacheWriteError`.
     """
 
-    def __init__(self, path: str | os.PathLike, capacity: int, row_shape: tuple[int, ...],
-                 dtype=np.uint8):
+    def __init__(self, path: str | os.PathLike, capacity: int, row_shape: tuple[int, ...], dtype=np.uint8):
         self.path, self.capacity = Path(path), int(capacity)
         self.row_shape, self.dtype = tuple(row_shape), np.dtype(dtype)
         self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
@@ -168,7 +169,7 @@ class RowWriter:
                 self._file.close()
         return self.count
 
-    def __enter__(self) -> "RowWriter":
+    def __enter__(self) -> RowWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

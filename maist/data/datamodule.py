@@ -35,7 +35,7 @@ class TensorBatches(Dataset):
     """Indexed by a tensor of positions, returns that whole batch of a :class:`Part` (uint8
     images as stored, and labels): no per-sample collation."""
 
-    def __init__(self, part: "Part"):
+    def __init__(self, part: Part):
         self.part = part
 
     def __len__(self) -> int:
@@ -56,9 +56,18 @@ class BatchIndexSampler:
     ranks train on disjoint parts of one draw.
     """
 
-    def __init__(self, n: int, batch_size: int, replacement: bool, seed: int = 0,
-                 batches_per_epoch: int | None = None, shuffle: bool = True, drop_last: bool = True,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        replacement: bool,
+        seed: int = 0,
+        batches_per_epoch: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if n == 0:
             raise ValueError("cannot sample batches from an empty set")
         self.per_rank = per_rank_batch(batch_size, world_size)
@@ -180,9 +189,14 @@ class MaistDataModule(L.LightningDataModule):
         _check_int("data.num_workers", num_workers, minimum=0)
         _check_int("data.split_seed", split_seed, minimum=0)
         _check_int("seed", seed, minimum=0)
-        if _check_fraction("data.val_fraction", val_fraction) + _check_fraction("data.test_fraction", test_fraction) >= 1:
-            raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g}: "
-                              "must leave some data for training (below 1)")
+        if (
+            _check_fraction("data.val_fraction", val_fraction) + _check_fraction("data.test_fraction", test_fraction)
+            >= 1
+        ):
+            raise ConfigError(
+                f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g}: "
+                "must leave some data for training (below 1)"
+            )
         get_class_set(class_set)  # an unknown name fails here, before any data is read
         self.save_hyperparameters(logger=False)
         self.preprocess = Preprocess(image_size=image_size, **(preprocess or {}))
@@ -222,9 +236,13 @@ class MaistDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------- loaders
     def _loader(self, part, sampler) -> DataLoader:
-        return DataLoader(TensorBatches(part), batch_size=None,
-                          sampler=sampler, num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return DataLoader(
+            TensorBatches(part),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 images → float in [0, 1], on the device the batch was moved to."""
@@ -237,8 +255,15 @@ class MaistDataModule(L.LightningDataModule):
             self.train_set = self.train_set.to(device)  # once: a part already there is kept
         n = len(self.train_set)
         rank, world_size = world(self.trainer)
-        sampler = BatchIndexSampler(n, h.batch_size, h.sampler == "with_replacement", seed=h.seed,
-                                    batches_per_epoch=h.batches_per_epoch, rank=rank, world_size=world_size)
+        sampler = BatchIndexSampler(
+            n,
+            h.batch_size,
+            h.sampler == "with_replacement",
+            seed=h.seed,
+            batches_per_epoch=h.batches_per_epoch,
+            rank=rank,
+            world_size=world_size,
+        )
         if self.trainer is not None and self.trainer.global_step:  # resuming: continue where it stopped
             sampler.resume_at(self.trainer.global_step)
         return self._loader(self.train_set, sampler)
@@ -271,7 +296,7 @@ class Part:
     rows: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, ds: EtlHiragana, idx: np.ndarray | None = None) -> "Part":
+    def of(cls, ds: EtlHiragana, idx: np.ndarray | None = None) -> Part:
         if idx is None:
             return cls(ds.images, ds.targets, ds.writers)
         rows = torch.as_tensor(idx, dtype=torch.long)
@@ -306,7 +331,7 @@ class Part:
     def device(self) -> torch.device:
         return self.store.device
 
-    def to(self, device: torch.device | str) -> "Part":
+    def to(self, device: torch.device | str) -> Part:
         """This part with its own images and labels on ``device`` (a compact copy, gathered
         ``COPY_CHUNK`` images at a time); itself if they are there already."""
         device = torch.device(device)
@@ -345,5 +370,7 @@ class Part:
         return float(side.median()) if len(side) else 1.0
 
     def describe(self) -> str:
-        return (f"{len(self):,} images, {len(torch.unique(self.writers))} writers, "
-                f"{len(torch.unique(self.targets))} classes")
+        return (
+            f"{len(self):,} images, {len(torch.unique(self.writers))} writers, "
+            f"{len(torch.unique(self.targets))} classes"
+        )

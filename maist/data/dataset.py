@@ -114,8 +114,13 @@ def decode_source(src: Source, n: int, codes: np.ndarray, buf: bytearray) -> Sou
     headers = np.concatenate([raw[kept, : layout.image_offset], raw[kept, layout.image_end :]], axis=1)
     packed = recs["image"] if len(kept) == len(recs) else recs["image"][kept]  # copy only a selection
     images = unpack_images(packed, layout=layout)
-    return SourceRecords(images, codes_here[kept].astype(np.int32), recs["sheet"][kept].astype(np.int64),
-                         record_keys(headers, images), len(recs) - len(kept))
+    return SourceRecords(
+        images,
+        codes_here[kept].astype(np.int32),
+        recs["sheet"][kept].astype(np.int64),
+        record_keys(headers, images),
+        len(recs) - len(kept),
+    )
 
 
 def first_copies(keys: np.ndarray, seen: set[bytes]) -> np.ndarray:
@@ -146,10 +151,16 @@ def build_arrays(root, class_set: str, preprocess: Preprocess, folder: Path) -> 
     skipped = duplicates = 0
     side = preprocess.image_size
     started = time.perf_counter()
-    log.info("decoding and preprocessing %s (%s records in %d files; once: the result is cached)",
-             root, f"{capacity:,}", len(sources))
-    with RowWriter(folder / "images.npy", capacity, (side, side)) as out, \
-            tqdm(total=capacity, unit="rec", unit_scale=True, desc="decoding", disable=None) as bar:
+    log.info(
+        "decoding and preprocessing %s (%s records in %d files; once: the result is cached)",
+        root,
+        f"{capacity:,}",
+        len(sources),
+    )
+    with (
+        RowWriter(folder / "images.npy", capacity, (side, side)) as out,
+        tqdm(total=capacity, unit="rec", unit_scale=True, desc="decoding", disable=None) as bar,
+    ):
         for src, n in zip(sources, counts):
             if len(buf) < src.size:
                 buf = bytearray(src.size)
@@ -172,11 +183,23 @@ def build_arrays(root, class_set: str, preprocess: Preprocess, folder: Path) -> 
             "Choose a data.class_set that this set holds, or point data.root at another set."
         )
     jis = np.concatenate(jis)
-    save_small(folder, labels=lookup[jis], writers=np.concatenate(writers), jis=jis,
-               skipped=np.array(skipped), duplicates=np.array(duplicates))
+    save_small(
+        folder,
+        labels=lookup[jis],
+        writers=np.concatenate(writers),
+        jis=jis,
+        skipped=np.array(skipped),
+        duplicates=np.array(duplicates),
+    )
     seconds = time.perf_counter() - started
-    log.info("%s: %s records kept (%s skipped: other characters) in %.1f s (%s records/s)", root,
-             f"{out.count:,}", f"{skipped:,}", seconds, f"{capacity / max(seconds, 1e-9):,.0f}")
+    log.info(
+        "%s: %s records kept (%s skipped: other characters) in %.1f s (%s records/s)",
+        root,
+        f"{out.count:,}",
+        f"{skipped:,}",
+        seconds,
+        f"{capacity / max(seconds, 1e-9):,.0f}",
+    )
 
 
 def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) -> dict[str, np.ndarray]:
@@ -191,12 +214,22 @@ def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) ->
     present[arrays["labels"]] = True
     if missing := int((~present).sum()):  # info, not a warning: partial sets are common
         absent = "".join(c for c, here in zip(cs.classes, present) if not here)
-        log.info("%s: %d of the %d classes of %s have no record (%s%s); the model still has %d "
-                 "outputs", root, missing, cs.num_classes, class_set, absent[:10],
-                 " …" if missing > 10 else "", cs.num_classes)
+        log.info(
+            "%s: %d of the %d classes of %s have no record (%s%s); the model still has %d outputs",
+            root,
+            missing,
+            cs.num_classes,
+            class_set,
+            absent[:10],
+            " …" if missing > 10 else "",
+            cs.num_classes,
+        )
     if duplicates := int(arrays["duplicates"]):
-        log.warning("%s: dropped %s duplicate records (the same bytes read twice: a copied "
-                    "file?); each is kept once", root, f"{duplicates:,}")
+        log.warning(
+            "%s: dropped %s duplicate records (the same bytes read twice: a copied file?); each is kept once",
+            root,
+            f"{duplicates:,}",
+        )
     return arrays
 
 
@@ -258,5 +291,7 @@ class EtlHiragana(VisionDataset):
         return {self.classes[k]: counts[k] for k in sorted(counts)}
 
     def extra_repr(self) -> str:
-        return (f"Classes: {len(self.classes)} ({self.class_set.name})\n"
-                f"Writers: {len(torch.unique(self.writers))}\n{self.preprocess}")
+        return (
+            f"Classes: {len(self.classes)} ({self.class_set.name})\n"
+            f"Writers: {len(torch.unique(self.writers))}\n{self.preprocess}"
+        )

@@ -47,7 +47,6 @@ from __future__ import annotations
 import lzma
 import os
 import re
-import tempfile
 import threading
 import unicodedata
 import zipfile
@@ -141,12 +140,10 @@ _B_HEADER = (
 # file is a dummy; image 9–512, 2 levels, 1 bit a pixel, 64 wide × 63 high (504 bytes), 8
 # pixels a byte, most significant bit first (PIL's "1" raw mode in unpack.py); 1 = ink. The
 # distributed files are ETL8B2C1 … C3 (the page's table calls them ETL8B2-1 … -3).
-ETL8B2 = Layout("ETL8B2", 512, _B_HEADER, 8, 63, 64, 1, re.compile(r"ETL8B2C\d+"),
-                dummy_first=True)
+ETL8B2 = Layout("ETL8B2", 512, _B_HEADER, 8, 63, 64, 1, re.compile(r"ETL8B2C\d+"), dummy_first=True)
 # ETL9B: form_e9b.htm, 576-byte records, dummy first; image 9–512 as in ETL8B2, 513–576
 # "uncertain". Files ETL9B_1 … ETL9B_5 (the page: ETL9B-1 … -5).
-ETL9B = Layout("ETL9B", 576, _B_HEADER, 8, 63, 64, 1, re.compile(r"ETL9B_\d+"),
-               dummy_first=True)
+ETL9B = Layout("ETL9B", 576, _B_HEADER, 8, 63, 64, 1, re.compile(r"ETL9B_\d+"), dummy_first=True)
 
 # M-type header, bytes 1–32: form_m.htm (and "Specification of ETL-1");
 # struct '>H2sH6BI4H4B4x' in AIST's unpack.py.
@@ -178,8 +175,7 @@ _M_HEADER = (
 # JIS X 0201 (katakana) codes of the same sounds, so its kana codes are read as hiragana.
 ETL1 = Layout("ETL1", 2052, _M_HEADER, 32, 63, 64, 4, re.compile(r"ETL1C_\d+"), code="jis0201")
 ETL6 = Layout("ETL6", 2052, _M_HEADER, 32, 63, 64, 4, re.compile(r"ETL6C_\d+"), code="jis0201")
-ETL7 = Layout("ETL7", 2052, _M_HEADER, 32, 63, 64, 4, re.compile(r"ETL7[LS]C_\d+"),
-              code="jis0201", kana="hiragana")
+ETL7 = Layout("ETL7", 2052, _M_HEADER, 32, 63, 64, 4, re.compile(r"ETL7[LS]C_\d+"), code="jis0201", kana="hiragana")
 
 LAYOUTS = (ETL8G, ETL9G, ETL8B2, ETL9B, ETL1, ETL6, ETL7)
 LAYOUT_BY_NAME = {layout.name: layout for layout in LAYOUTS}
@@ -191,8 +187,7 @@ def record_dtype(layout: Layout) -> np.dtype:
     names = [name for name, _, _ in layout.header] + ["image"]
     formats = [fmt for _, fmt, _ in layout.header] + [("u1", (layout.image_bytes,))]
     offsets = [off for _, _, off in layout.header] + [layout.image_offset]
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                     "itemsize": layout.record_size})
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": layout.record_size})
 
 
 def layout_of_name(name: str) -> Layout | None:
@@ -320,7 +315,7 @@ def _is_zip(path: Path) -> bool:
     return path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)
 
 
-_NAMES = ("ETL8G_nn, ETL9G_nn, ETL8B2Cn, ETL9B_n, ETL1C_nn, ETL6C_nn, ETL7LC_n or ETL7SC_n")
+_NAMES = "ETL8G_nn, ETL9G_nn, ETL8B2Cn, ETL9B_n, ETL1C_nn, ETL6C_nn, ETL7LC_n or ETL7SC_n"
 _POINT_AT = (
     "Point data.root at one ETL set as AIST ships it: its zip (e.g. ETL8G.zip), the folder it "
     "unpacks to, or one of its record files."
@@ -361,13 +356,9 @@ def list_sources(path: str | os.PathLike) -> list[Source]:
             "Character Database site."
         )
     if path.is_dir():
-        found = [(p, layout) for p in path.rglob("ETL*")
-                 if (layout := layout_of_name(p.name)) and p.is_file()]
+        found = [(p, layout) for p in path.rglob("ETL*") if (layout := layout_of_name(p.name)) and p.is_file()]
         if not found:
-            raise EtlFormatError(
-                f"{path}: no ETL record files in this folder (looked for {_NAMES}). "
-                f"{_POINT_AT}"
-            )
+            raise EtlFormatError(f"{path}: no ETL record files in this folder (looked for {_NAMES}). {_POINT_AT}")
         layout = _one_layout(path, [(str(p.relative_to(path)), lay) for p, lay in found])
         files = sorted((p for p, _ in found), key=lambda p: (p.name, str(p)))
         return [Source(p, size=p.stat().st_size, layout=layout) for p in files]
@@ -380,16 +371,14 @@ def list_sources(path: str | os.PathLike) -> list[Source]:
                 f"{path}: not a readable zip ({err}). The download is probably incomplete: "
                 "download the zip again, or unpack it and point data.root at the folder."
             ) from err
-        found = [(i, layout) for i in infos
-                 if (layout := layout_of_name(i.filename.rsplit("/", 1)[-1]))]
+        found = [(i, layout) for i in infos if (layout := layout_of_name(i.filename.rsplit("/", 1)[-1]))]
         if not found:
             raise EtlFormatError(
                 f"{path}: this zip holds no ETL record files (looked for {_NAMES}). Is it one "
                 "of AIST's ETL zips (e.g. ETL8G.zip)?"
             )
         layout = _one_layout(path, [(i.filename, lay) for i, lay in found])
-        members = sorted((i for i, _ in found),
-                         key=lambda i: (i.filename.rsplit("/", 1)[-1], i.filename))
+        members = sorted((i for i, _ in found), key=lambda i: (i.filename.rsplit("/", 1)[-1], i.filename))
         return [Source(path, i.filename, i.file_size, layout) for i in members]
     return [Source(path, size=path.stat().st_size, layout=layout_of_name(path.name) or DEFAULT)]
 
@@ -407,10 +396,8 @@ def check_size(size: int, name: str, layout: Layout = ETL8G) -> int:
         raise EtlFormatError(f"{name}: the file is empty. Download the {layout.name} set again.")
     whole, extra = divmod(size, layout.record_size)
     if extra:
-        others = sorted({lay.name for lay in LAYOUTS if lay.record_size != layout.record_size
-                         and _fits(size, lay)})
-        hint = (f" (its size is a whole number of {' or '.join(others)} records: is it one?)."
-                if others else ".")
+        others = sorted({lay.name for lay in LAYOUTS if lay.record_size != layout.record_size and _fits(size, lay)})
+        hint = f" (its size is a whole number of {' or '.join(others)} records: is it one?)." if others else "."
         raise EtlFormatError(
             f"{name}: {size:,} bytes is not a whole number of {layout.record_size:,}-byte "
             f"{layout.name} records ({whole:,} records and {extra:,} bytes over). The file looks "
@@ -462,8 +449,9 @@ def _bad_codes(layout: Layout, recs: np.ndarray) -> np.ndarray:
     code = recs["jis"]  # a JIS X 0201 graphic character, and a two-character ASCII code
     off = recs.dtype.fields["char_code"][1]
     chars = recs.view(np.uint8).reshape(len(recs), layout.record_size)[:, off : off + 2]
-    return (((code < 0x20) | (code > 0xDF) | ((code > 0x7E) & (code < 0xA1)))
-            | ((chars < 0x20) | (chars > 0x7E)).any(axis=1))
+    return ((code < 0x20) | (code > 0xDF) | ((code > 0x7E) & (code < 0xA1))) | ((chars < 0x20) | (chars > 0x7E)).any(
+        axis=1
+    )
 
 
 # A real M-type file may hold a stray record; another layout's bytes read as M-type records
@@ -502,8 +490,11 @@ def check_records(src: Source, recs: np.ndarray) -> None:
     if int(bad.sum()) > allowed:
         k = int(np.flatnonzero(bad)[0])
         field = recs["jis"][k]
-        what = (f"JIS X 0208 code {int(field):#06x}" if layout.code == "jis0208"
-                else f"JIS X 0201 code {int(field):#04x} and code {bytes(recs['char_code'][k])!r}")
+        what = (
+            f"JIS X 0208 code {int(field):#06x}"
+            if layout.code == "jis0208"
+            else f"JIS X 0201 code {int(field):#04x} and code {bytes(recs['char_code'][k])!r}"
+        )
         number = k + 1 + (1 if layout.dummy_first else 0)  # 1-based, the dummy counted
         others = _looks_like(src)
         hint = f" Its size would also fit {', '.join(others)} records." if others else ""
@@ -520,8 +511,7 @@ def check_records(src: Source, recs: np.ndarray) -> None:
 _BLOCK = 64  # records unpacked at a time: the temporaries stay in the CPU cache
 
 
-def unpack_images(packed: np.ndarray, out: np.ndarray | None = None,
-                  layout: Layout = ETL8G) -> np.ndarray:
+def unpack_images(packed: np.ndarray, out: np.ndarray | None = None, layout: Layout = ETL8G) -> np.ndarray:
     """(N, image bytes) packed → (N, H, W) uint8 levels (into ``out``).
 
     4-bit: two pixels a byte, high nibble first; 1-bit: eight a byte, most significant bit
@@ -620,8 +610,7 @@ def _header_bytes(raw: np.ndarray, layout: Layout) -> np.ndarray:
 # Errors that reading one file or zip member can end in (zlib.error and lzma.LZMAError for a
 # corrupt compressed stream, BadZipFile for a bad CRC, NotImplementedError for an unknown
 # compression method, RuntimeError for an encrypted member).
-_READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
-                NotImplementedError, RuntimeError)
+_READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError)
 
 
 def read_source(src: Source, buf: bytearray, n: int) -> np.ndarray:
@@ -654,8 +643,9 @@ class _Part:
     skipped: int
 
 
-def _decode(src: Source, n: int, kept_codes: np.ndarray | None, out: np.ndarray | None,
-            buffers: threading.local) -> _Part:
+def _decode(
+    src: Source, n: int, kept_codes: np.ndarray | None, out: np.ndarray | None, buffers: threading.local
+) -> _Part:
     """Read, check, filter and unpack one file: into ``out`` (no filter) or a new array."""
     layout = src.layout
     buf = getattr(buffers, "buf", None)
@@ -677,8 +667,7 @@ def _decode(src: Source, n: int, kept_codes: np.ndarray | None, out: np.ndarray 
         serial = recs["serial"].astype(np.int64)
     else:  # B-type records have no serial number: their place in the file (1 = first)
         serial = place.astype(np.int64) + (2 if layout.dummy_first else 1)
-    return _Part(codes_here, recs["sheet"].astype(np.int32), serial,
-                 _header_bytes(raw, layout), images, skipped)
+    return _Part(codes_here, recs["sheet"].astype(np.int32), serial, _header_bytes(raw, layout), images, skipped)
 
 
 def _workers(sources: list[Source]) -> int:
@@ -711,8 +700,7 @@ def read_etl(path: str | os.PathLike, codes: Collection[int] | None = None) -> E
     buffers = threading.local()
     with ThreadPoolExecutor(_workers(sources), thread_name_prefix="etl-decode") as pool:
         futures = [
-            pool.submit(_decode, src, n, kept_codes,
-                        None if images is None else images[start:end], buffers)
+            pool.submit(_decode, src, n, kept_codes, None if images is None else images[start:end], buffers)
             for src, n, start, end in zip(sources, counts, starts, starts[1:])
         ]
         try:

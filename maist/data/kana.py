@@ -47,13 +47,19 @@ HIRAGANA71 = (
 ETL8G_SMALL = "っゃゅょ"
 # Every small hiragana and the large form it is merged into.
 SMALL_TO_LARGE = {
-    "ぁ": "あ", "ぃ": "い", "ぅ": "う", "ぇ": "え", "ぉ": "お",
-    "っ": "つ", "ゃ": "や", "ゅ": "ゆ", "ょ": "よ", "ゎ": "わ",
+    "ぁ": "あ",
+    "ぃ": "い",
+    "ぅ": "う",
+    "ぇ": "え",
+    "ぉ": "お",
+    "っ": "つ",
+    "ゃ": "や",
+    "ゅ": "ゆ",
+    "ょ": "よ",
+    "ゎ": "わ",
 }
 # The 46 basic katakana (no ヰ ヱ, no voiced or small forms), and ETL1's two old ones.
-KATAKANA46 = (
-    "アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワヲン"
-)
+KATAKANA46 = "アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワヲン"
 KATAKANA_OLD = "ヰヱ"
 
 # ETL8G's 881 kanji: the education kanji of 1948 (当用漢字別表), i.e. the 881 characters of
@@ -161,8 +167,8 @@ CLASS_SET_NAMES = tuple(_BUILDERS)
 # Names that sound right but are not class sets here, and why.
 _NOT_A_CLASS_SET = {
     "katakana51": "ETL1's 51 katakana are the 51 places of the old kana table, where イ, エ "
-                  "and ウ come twice: 48 characters, and records are labelled by character. "
-                  "Use katakana48 (or katakana46 without ヰ ヱ)",
+    "and ウ come twice: 48 characters, and records are labelled by character. "
+    "Use katakana48 (or katakana46 without ヰ ヱ)",
 }
 
 
@@ -173,6 +179,4 @@ def class_set(name: str) -> ClassSet:
         return _BUILDERS[name]()
     except KeyError:
         why = f"{_NOT_A_CLASS_SET[name]}; " if name in _NOT_A_CLASS_SET else ""
-        raise ConfigError(
-            f"unknown class set {name!r}; {why}choose one of {', '.join(CLASS_SET_NAMES)}"
-        ) from None
+        raise ConfigError(f"unknown class set {name!r}; {why}choose one of {', '.join(CLASS_SET_NAMES)}") from None

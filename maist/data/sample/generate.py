@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from maist.files import write_atomic
 from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, LEVELS, pack_records, read_etl8g
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
 from maist.data.sample import SAMPLE_ZIP
+from maist.files import write_atomic
 
 DEFAULT_SEED = 0
 DEFAULT_WRITERS = 60
@@ -142,9 +142,7 @@ def find_fonts(chars: str) -> list[tuple[Font, Path]]:
         print("note: with fonts missing, the output differs from the shipped sample")
     if not usable:
         try:
-            other = subprocess.run(
-                ["fc-list", ":lang=ja", "file"], capture_output=True, text=True
-            ).stdout.splitlines()
+            other = subprocess.run(["fc-list", ":lang=ja", "file"], capture_output=True, text=True).stdout.splitlines()
         except OSError:
             other = []
         raise SystemExit(
@@ -176,8 +174,12 @@ def _render(font: ImageFont.FreeTypeFont, char: str, stroke: int) -> np.ndarray:
     size = font.size * 2
     glyph = Image.new("L", (size, size), 0)
     ImageDraw.Draw(glyph).text(
-        (size // 4, size // 4), char, font=font, fill=255,
-        stroke_width=max(stroke, 0), stroke_fill=255,
+        (size // 4, size // 4),
+        char,
+        font=font,
+        fill=255,
+        stroke_width=max(stroke, 0),
+        stroke_fill=255,
     )
     if stroke < 0:
         for _ in range(-stroke):
@@ -205,9 +207,7 @@ def _warp_grids(rng: np.random.Generator, n: int, slant: float) -> torch.Tensor:
         # Where each output pixel comes from: invert the forward map (source → output).
         grids[i] = (out - shift) @ np.linalg.inv(forward).T
     coarse = rng.normal(0.0, ELASTIC_PX * SUPERSAMPLE, size=(n, 2, ELASTIC_GRID, ELASTIC_GRID))
-    field = F.interpolate(
-        torch.from_numpy(coarse).float(), size=(h, w), mode="bicubic", align_corners=True
-    )
+    field = F.interpolate(torch.from_numpy(coarse).float(), size=(h, w), mode="bicubic", align_corners=True)
     grid = torch.from_numpy(grids) + field.permute(0, 2, 3, 1)
     return grid / torch.tensor([w / 2, h / 2])  # pixels → grid_sample's -1..1
 
@@ -281,9 +281,7 @@ def generate(out: Path, writers: int, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m maist.data.sample.generate", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m maist.data.sample.generate", description=__doc__.split("\n\n")[0])
     arg = parser.add_argument
     arg("--out", type=Path, default=SAMPLE_ZIP, help="zip to write (default: %(default)s)")
     arg("--writers", type=int, default=DEFAULT_WRITERS, help="sheets (default: %(default)s)")
