@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install train test test-fast bench serve tensorboard clean
+.PHONY: install train test test-fast lint bench serve tensorboard clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: install
 # The inner loop: everything but multi-process runs, real training runs and the browser.
 test-fast: install
 	$(PY) -m pytest -m "not slow and not browser" $(ARGS)
+
+# ruff: lint and format check (one line length, pyproject.toml); `pre-commit install` runs it on commit.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Benchmarks print ratios measured side by side in one run (not tests).
 bench: install

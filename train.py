@@ -1,28 +1,6 @@
-"""Train and test one model: `python train.py model=cnn schedule=stepped` (see conf/)."""
+"""Train and test one model: `python train.py model=cnn schedule=stepped` (configs: maist/conf/)."""
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from maist.config import register_resolvers
-from maist.errors import user_error
-from maist.run import optimized_value, run_or_report
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    try:
-        return optimized_value(cfg, run_or_report(cfg))
-    except Exception as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"error: {problem}", file=sys.stderr)  # bad input: one line, not a traceback
-        sys.exit(2)
-
+from maist.train import main
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 
 For the article's CNN (``experiment=seed_cnn``) and the linear model (``experiment=seed_beginner``),
 both built from the project's Hydra configs: ``MaistModule`` + ``MaistDataModule`` batches in a
-``Trainer`` made from ``conf/trainer`` with the configured logger (TensorBoard, into a temporary
+``Trainer`` made from ``maist/conf/trainer`` with the configured logger (TensorBoard, into a temporary
 folder) and callbacks (minus checkpointing and feature-map figures), no validation, no progress
 bar; against a plain loop over the same in-memory tensors with the same network, optimizer,
 loss, batch size (50) and thread count. The two alternate in rounds (L, plain, L, plain, …) so
@@ -32,11 +32,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import register_resolvers
+from maist.config import CONFIG_DIR, register_resolvers
 from maist.module import MaistModule
 from maist.run import build_module
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 
 
 class StepClock(L.Callback):
@@ -169,7 +169,7 @@ def seed_beginner_run(args) -> tuple[float, float]:
         "trainer.enable_progress_bar=false",
         *([f"data.root={args.root}"] if args.root else []),
     ]
-    subprocess.run(cmd, cwd=CONF.parent, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
     lightning_s = json.loads((tmp / "run" / "metrics.json").read_text())["train_seconds"]
     cfg = compose_cfg("seed_beginner", args.root, args.cache_dir, str(tmp / "plain"))
     dm = instantiate(cfg.data, _convert_="all")

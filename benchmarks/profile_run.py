@@ -3,7 +3,7 @@ backward, optimizer, logger writes, and the rest of Lightning's loop.
 
     python -m benchmarks.profile_run [--experiment best] [--root DIR] [--steps 200] [--quick] [overrides…]
 
-Builds the run from the project's Hydra configs (``conf/train.yaml`` + ``experiment=…`` +
+Builds the run from the project's Hydra configs (``maist/conf/train.yaml`` + ``experiment=…`` +
 any extra ``key=value`` overrides), runs ``Trainer.fit`` for ``--steps`` steps with the
 configured logger (into a temporary folder) and no validation, and times each part with hooks:
 
@@ -30,10 +30,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import register_resolvers
+from maist.config import CONFIG_DIR, register_resolvers
 from maist.run import build_module
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 
 
 class Timers:

@@ -31,10 +31,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import register_resolvers
+from maist.config import CONFIG_DIR, register_resolvers
 from maist.run import _instantiate_all, build_module
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "etl-dev" / "etl8b2-46"
 
 

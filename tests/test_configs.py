@@ -9,13 +9,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import register_resolvers
+from maist.config import CONFIG_DIR, register_resolvers
 from maist.data.kana import class_set
 from maist.module import MaistModule
 from maist.run import _instantiate_all, _plugins
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONFIG_DIR
 
 
 def names(group: str) -> list[str]:

@@ -212,10 +212,10 @@ def test_the_slurm_launcher_starts_one_task_per_gpu():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    from maist.config import register_resolvers
+    from maist.config import CONFIG_DIR, register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",
             overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],

@@ -5,8 +5,9 @@ import torch
 from omegaconf import OmegaConf
 
 from maist.callbacks.schedules import StepSchedule, StepTable
+from maist.config import CONFIG_DIR
 
-CONF = "conf/schedule"
+CONF = CONFIG_DIR / "schedule"
 
 
 def table(name, param):

@@ -1,0 +1,1 @@
+"""The Hydra configs (a package, so Hydra finds them when MAIST is installed)."""
