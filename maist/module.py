@@ -74,6 +74,8 @@ class MaistModule(L.LightningModule):
         preprocess: the training :class:`~maist.data.preprocess.Preprocess` settings (saved, so
             prediction applies the same).
         ink_ratio: how much of the frame the training images' ink fills (frames user pictures).
+        stroke_width: the training images' median stroke width at the input size, in pixels
+            (prediction makes user pictures' strokes as wide).
         seed: the run's seed; each training step reseeds from (seed, step, rank).
     """
 
@@ -89,6 +91,7 @@ class MaistModule(L.LightningModule):
         class_set: str = "hiragana71",
         preprocess: dict | None = None,
         ink_ratio: float | None = None,
+        stroke_width: float | None = None,
         seed: int = 0,
     ):
         super().__init__()

@@ -3,10 +3,13 @@
     python -m maist.predict ckpt_path=CKPT inputs=[a.png,b.jpg,folder/]          # a table
     python -m maist.predict ckpt_path=CKPT inputs=[a.png] format=json            # JSON lines
     python -m maist.predict ckpt_path=CKPT inputs=[a.png] k=3 ink_ratio=0.95     # options
+    python -m maist.predict ckpt_path=CKPT inputs=[a.png] stroke_width=0         # strokes as drawn
 
 :class:`Predictor` (``from_checkpoint``, ``top_k``, ``features``) is shared by this command,
 ``maist.visualize``, ``maist.export`` (its check) and the web page (``maist.serve``). Pictures
-go through :mod:`maist.images` and then the checkpoint's own training ``Preprocess``.
+go through :mod:`maist.images` and then the checkpoint's own training ``Preprocess``; when the
+checkpoint records its training images' stroke width (the ``stroke_width`` hparam), each
+picture's strokes are first made as wide (:func:`maist.images.match_stroke_width`).
 
 A missing or unreadable checkpoint, or an unreadable picture, is one line on stderr naming the
 file, and exit code 2 (the other pictures are still predicted).
@@ -15,11 +18,12 @@ file, and exit code 2 (the other pictures are still predicted).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +36,7 @@ from maist.images import INK_FRAME_RATIO, ImageError, decode_image, list_images,
 
 __all__ = ["Predictor", "CheckpointError", "UsageError", "parse_cli", "cli", "predictor_from_cli", "main"]
 
+
 class Predictor:
     """A trained network with its class list and its training preprocessing, in eval mode on CPU.
 
@@ -41,13 +46,24 @@ class Predictor:
     (N, 1, S, S) is taken as already-preprocessed network input.
     """
 
-    def __init__(self, net: torch.nn.Module, classes: Sequence[str], preprocess: dict,
-                 ink_ratio: float = INK_FRAME_RATIO, source: str = "model"):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        classes: Sequence[str],
+        preprocess: dict,
+        ink_ratio: float = INK_FRAME_RATIO,
+        source: str = "model",
+        stroke_width: float | None = None,
+        recorded_stroke_width: float | None = None,
+    ):
         self.net = net.eval()
         self.preprocess_dict = dict(preprocess)
         self.preprocess = Preprocess(**self.preprocess_dict)
         self.image_size = self.preprocess.image_size
         self.ink_ratio = float(ink_ratio)
+        # the width pictures' strokes are matched to (pixels at the input size); None or 0: as drawn
+        self.stroke_width = float(stroke_width) if stroke_width else None
+        self.recorded_stroke_width = float(recorded_stroke_width) if recorded_stroke_width else None
         self.source = source
         self.classes = list(classes)
         n_out = self._num_outputs()
@@ -57,10 +73,14 @@ class Predictor:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, ink_ratio: float | None = None) -> "Predictor":
+    def from_checkpoint(
+        cls, path: str | os.PathLike, ink_ratio: float | None = None, stroke_width: float | None = None
+    ) -> Predictor:
         """Rebuild the model of a MAIST checkpoint (``best.ckpt``/``last.ckpt``) on CPU, read safely
-        (:mod:`maist.checkpoint`). ``ink_ratio`` defaults to the one measured on the checkpoint's
-        training images. Raises :class:`CheckpointError` with a one-line reason when it cannot."""
+        (:mod:`maist.checkpoint`). ``ink_ratio`` and ``stroke_width`` default to those measured on
+        the checkpoint's training images (a checkpoint without ``stroke_width`` leaves strokes as
+        drawn; ``stroke_width=0`` does so for any). Raises :class:`CheckpointError` with a one-line
+        reason when it cannot."""
         module, ckpt = load_module(path)
         hp = ckpt["hyper_parameters"]
         try:
@@ -69,7 +89,20 @@ class Predictor:
             raise CheckpointError(f"{path}: its preprocessing settings are not valid ({err})") from None
         if ink_ratio is None:
             ink_ratio = hp.get("ink_ratio") or INK_FRAME_RATIO
-        return cls(module.net, hp.get("classes") or [], pre.as_dict(), ink_ratio, str(Path(path).expanduser()))
+        recorded = hp.get("stroke_width")
+        if recorded is not None and not (isinstance(recorded, (int, float)) and 0 <= recorded < 1e3):
+            raise CheckpointError(f"{path}: its stroke_width {recorded!r} is not a width in pixels")
+        if stroke_width is None:
+            stroke_width = recorded
+        return cls(
+            module.net,
+            hp.get("classes") or [],
+            pre.as_dict(),
+            ink_ratio,
+            str(Path(path).expanduser()),
+            stroke_width=stroke_width,
+            recorded_stroke_width=recorded,
+        )
 
     def _num_outputs(self) -> int:
         last = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
@@ -82,20 +115,22 @@ class Predictor:
     def prepare(self, image, name: str | None = None) -> torch.Tensor:
         """One picture → (1, 1, S, S) network input. Raises :class:`ImageError`."""
         if isinstance(image, (str, os.PathLike)):
-            return to_model_input(load_image(image), self.preprocess, self.ink_ratio, name or str(image))
+            return self._input(load_image(image), name or str(image))
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return to_model_input(decode_image(bytes(image), name or "<upload>"), self.preprocess,
-                                  self.ink_ratio, name or "<upload>")
+            return self._input(decode_image(bytes(image), name or "<upload>"), name or "<upload>")
         if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
             from maist.images import _to_grey
 
-            return to_model_input(_to_grey(image), self.preprocess, self.ink_ratio, name or "image")
+            return self._input(_to_grey(image), name or "image")
         arr = image
         if isinstance(arr, torch.Tensor) and arr.dim() == 4 or isinstance(arr, np.ndarray) and arr.ndim == 4:
             x = torch.as_tensor(arr, dtype=torch.float32)
             self._check_input(x)
             return x
-        return to_model_input(np.asarray(arr), self.preprocess, self.ink_ratio, name or "image")
+        return self._input(np.asarray(arr), name or "image")
+
+    def _input(self, grey: np.ndarray, name: str) -> torch.Tensor:
+        return to_model_input(grey, self.preprocess, self.ink_ratio, name, stroke_width=self.stroke_width)
 
     def _check_input(self, x: torch.Tensor) -> None:
         s = self.image_size
@@ -141,13 +176,16 @@ class Predictor:
             return feature_figures(self.net, x, **kwargs)
 
     def describe(self) -> str:
-        return (f"{self.source}: {type(self.net).__name__}, {len(self.classes)} classes, "
-                f"input 1×{self.image_size}×{self.image_size}, preprocess {self.preprocess_dict}, "
-                f"ink_ratio {self.ink_ratio}")
+        return (
+            f"{self.source}: {type(self.net).__name__}, {len(self.classes)} classes, "
+            f"input 1×{self.image_size}×{self.image_size}, preprocess {self.preprocess_dict}, "
+            f"ink_ratio {self.ink_ratio}, stroke_width "
+            f"{'as drawn' if self.stroke_width is None else f'{self.stroke_width:.2f} px'}"
+        )
 
 
 # ---------------------------------------------------------------------- command line
-def predictor_from_cli(cfg: dict, usage: str) -> "Predictor":
+def predictor_from_cli(cfg: dict, usage: str) -> Predictor:
     """What every command does first: require ``ckpt_path=``, set ``torch_threads=``, and load
     the checkpoint (with ``ink_ratio=`` if given)."""
     if not cfg["ckpt_path"]:
@@ -155,15 +193,40 @@ def predictor_from_cli(cfg: dict, usage: str) -> "Predictor":
     if cfg.get("torch_threads") is not None:
         torch.set_num_threads(int_option(cfg, "torch_threads"))
     ink_ratio = float_option(cfg, "ink_ratio", 0.0, 1.0, optional=True)
-    return Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=ink_ratio)
+    stroke_width = _stroke_width_option(cfg)
+    return Predictor.from_checkpoint(cfg["ckpt_path"], ink_ratio=ink_ratio, stroke_width=stroke_width)
 
 
-USAGE = """usage: python -m maist.predict ckpt_path=CKPT inputs=[a.png,b.jpg,folder/] [format=table|json] [k=5] [ink_ratio=<the checkpoint's>]
+def _stroke_width_option(cfg: dict) -> float | None:
+    """``stroke_width=``: unset (the checkpoint's), 0 (strokes as drawn) or a width in pixels."""
+    value = cfg.get("stroke_width")
+    if value in (None, "", "null", "None"):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"stroke_width={value!r}: give a width in pixels at the network input (0: as drawn)") from None
+    if not (math.isfinite(number) and 0 <= number <= 100):
+        raise UsageError(f"stroke_width={value!r}: must lie in [0, 100] (0: strokes as drawn)")
+    return number
+
+
+USAGE = """usage: python -m maist.predict ckpt_path=CKPT inputs=[a.png,b.jpg,folder/] [format=table|json] [k=5]
+       [ink_ratio=<the checkpoint's>] [stroke_width=<the checkpoint's>|0]
   inputs: picture files and folders (folders: their pictures, recursively); dark ink on light paper
-  or the reverse, any size; a single input may be given as input=a.png"""
+  or the reverse, any size; a single input may be given as input=a.png
+  stroke_width: pixels at the network input that strokes are made as wide as (0: as drawn)"""
 
-DEFAULTS = {"ckpt_path": None, "inputs": [], "input": None, "format": "table", "k": 5, "ink_ratio": None,
-            "torch_threads": 1}
+DEFAULTS = {
+    "ckpt_path": None,
+    "inputs": [],
+    "input": None,
+    "format": "table",
+    "k": 5,
+    "ink_ratio": None,
+    "stroke_width": None,
+    "torch_threads": 1,
+}
 
 
 def _inputs(cfg: dict) -> list[Path]:

@@ -78,6 +78,7 @@ def build_module(cfg: DictConfig, datamodule) -> MaistModule:
         class_set=datamodule.hparams.class_set,
         preprocess=datamodule.preprocess.as_dict(),
         ink_ratio=datamodule.ink_ratio,
+        stroke_width=datamodule.stroke_width,
         seed=cfg.seed,
         _recursive_=False,
     )

@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_predict import held_out, paper_picture, sample_records, tiny_predictor
 
 from maist.data.preprocess import Preprocess, etl_levels_to_float
 from maist.images import (
-    FRAME_SIZE, INK_FRAME_RATIO, ImageError, NoInkError, decode_image, load_image, normalize_ink, to_model_input,
+    FRAME_SIZE,
+    INK_FRAME_RATIO,
+    ImageError,
+    NoInkError,
+    decode_image,
+    load_image,
+    normalize_ink,
+    to_model_input,
 )
-from test_predict import held_out, paper_picture, sample_records, tiny_predictor
 
 
 def _png(array) -> bytes:
@@ -53,7 +60,9 @@ def test_normalize_frames_the_ink_like_a_record():
     y0, y1, x0, x1 = _bbox(x)
     side = max(y1 - y0, x1 - x0) + 1
     assert side / FRAME_SIZE == pytest.approx(INK_FRAME_RATIO, abs=0.04)
-    assert (y0 + y1) / 2 == pytest.approx(FRAME_SIZE / 2, abs=3) and (x0 + x1) / 2 == pytest.approx(FRAME_SIZE / 2, abs=3)
+    assert (y0 + y1) / 2 == pytest.approx(FRAME_SIZE / 2, abs=3) and (x0 + x1) / 2 == pytest.approx(
+        FRAME_SIZE / 2, abs=3
+    )
 
 
 def test_polarity_does_not_matter():
@@ -71,8 +80,7 @@ def test_specks_do_not_stretch_the_box():
 
 
 def test_blank_and_flat_pictures_have_no_ink():
-    for pic in (np.full((280, 280), 255, np.uint8), np.zeros((50, 80), np.uint8),
-                np.full((100, 100), 128, np.uint8)):
+    for pic in (np.full((280, 280), 255, np.uint8), np.zeros((50, 80), np.uint8), np.full((100, 100), 128, np.uint8)):
         with pytest.raises(NoInkError, match="no ink"):
             normalize_ink(pic)
     noisy = np.clip(np.random.default_rng(0).normal(230, 2, (200, 200)), 0, 255).astype(np.uint8)
@@ -82,8 +90,11 @@ def test_blank_and_flat_pictures_have_no_ink():
 
 def test_to_model_input_is_the_checkpoints_preprocess():
     pic = paper_picture(held_out("く"))
-    for spec in ({"image_size": 28}, {"image_size": 32, "threshold": 0.2},
-                 {"image_size": 28, "crop": True, "margin": 0.1}):
+    for spec in (
+        {"image_size": 28},
+        {"image_size": 32, "threshold": 0.2},
+        {"image_size": 28, "crop": True, "margin": 0.1},
+    ):
         x = to_model_input(pic, spec)
         s = spec["image_size"]
         assert x.shape == (1, 1, s, s) and x.dtype == torch.float32
@@ -179,8 +190,11 @@ def test_white_strokes_on_transparent_read_like_black_ones(bg):
     assert np.abs(white - black).mean() < 0.01
     assert np.abs(black - opaque).mean() < 0.03
     pre = {"image_size": 28}
-    assert torch.allclose(to_model_input(decode_image(_stroke_rgba(levels, 255, bg)), pre),
-                          to_model_input(decode_image(_stroke_rgba(levels, 0, bg)), pre), atol=0.05)
+    assert torch.allclose(
+        to_model_input(decode_image(_stroke_rgba(levels, 255, bg)), pre),
+        to_model_input(decode_image(_stroke_rgba(levels, 0, bg)), pre),
+        atol=0.05,
+    )
 
 
 def test_white_stroke_on_transparent_is_dark_on_light_paper():
@@ -204,8 +218,9 @@ def test_dangling_link_in_a_folder_is_reported(tmp_path):
 
 
 def test_predict_counts_a_dangling_link_as_failed(tmp_path, capsys):
-    from maist.predict import main
     from test_predict import tiny_checkpoint
+
+    from maist.predict import main
 
     Image.fromarray(paper_picture(held_out("あ"))).save(tmp_path / "a.png")
     (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
@@ -227,7 +242,7 @@ def test_pixel_cap_is_far_below_pillows_and_checked_from_the_header(tmp_path):
     from maist.images import MAX_PIXELS, ImageTooLargeError
 
     assert MAX_PIXELS <= 4096 * 4096 < Image.MAX_IMAGE_PIXELS
-    side = int(MAX_PIXELS ** 0.5) + 1
+    side = int(MAX_PIXELS**0.5) + 1
     data = _bilevel_png(side, side)
     assert len(data) < 100_000
     with pytest.raises(ImageTooLargeError, match=f"upload: {side}×{side} pixels is too large"):
@@ -264,9 +279,137 @@ def test_a_small_file_of_many_pixels_is_refused_without_decoding_it():
     from pathlib import Path
 
     tests = Path(__file__).parent
-    run = subprocess.run([sys.executable, "-c", DECODE_PROBE, str(tests)], capture_output=True, text=True,
-                         timeout=120, cwd=tests.parent, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, "-c", DECODE_PROBE, str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tests.parent,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stderr
     outcome, grew_mb, seconds = run.stdout.strip().rsplit("|", 2)
     assert outcome.startswith("refused: bomb: 6000×6000 pixels is too large"), outcome
     assert float(grew_mb) < 100 and float(seconds) < 1.0, (grew_mb, seconds)
+
+
+# ---------------------------------------------------------------------- stroke width
+def _band(width: int, length: int = 80, side: int = 100) -> torch.Tensor:
+    x = torch.zeros(1, side, side)
+    x[0, 20 : 20 + width, 10 : 10 + length] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8])
+def test_stroke_width_of_a_band_is_its_width(width):
+    """2 · ink / edge length: a band w wide and L long reads w·L / (L + w) (its two ends count as edge)."""
+    from maist.images import stroke_widths
+
+    assert float(stroke_widths(_band(width))[0]) == pytest.approx(width * 80 / (80 + width), rel=0.02)
+
+
+def test_stroke_width_of_grey_and_blank_images():
+    from maist.images import stroke_width, stroke_widths
+
+    # a 2-px band drawn at half ink is still 2 px wide; an image without ink gives 0
+    assert float(stroke_widths(0.5 * _band(2))[0]) == pytest.approx(float(stroke_widths(_band(2))[0]))
+    both = torch.cat([_band(3), torch.zeros(1, 100, 100), _band(3)])
+    assert stroke_widths(both)[1] == 0
+    assert stroke_width(both) == pytest.approx(float(stroke_widths(_band(3))[0]))  # the blank one is ignored
+    assert stroke_width(torch.zeros(2, 10, 10)) == 0.0
+    # uint8 (as the datasets store them) and (N, 1, S, S) give the same figure
+    assert stroke_width((255 * both).round().to(torch.uint8)[:, None]) == pytest.approx(stroke_width(both), rel=1e-3)
+
+
+def test_morph_makes_strokes_bolder_and_thinner_by_its_radius():
+    from maist.images import morph, stroke_widths
+
+    line = _band(1)[0]
+    assert int((morph(line, 2)[:, 50] > 0.5).sum()) == 5  # 1 px + 2 a side
+    assert int((morph(_band(7)[0], -2)[:, 50] > 0.5).sum()) == 3
+    assert torch.equal(morph(line, 0), line)
+    half = morph(line, 1.5)  # a fractional radius blends the two nearest
+    assert torch.allclose(half, (morph(line, 1) + morph(line, 2)) / 2)
+    w = [float(stroke_widths(morph(line, r)[None])[0]) for r in (0, 0.5, 1, 1.5, 2)]
+    assert w == sorted(w) and w[-1] > 4
+
+
+def _drawn(pen: int, size: tuple[int, int] = (84, 83)) -> np.ndarray:
+    """A ring and a bar drawn with a round pen ``pen`` px wide, dark on white."""
+    from PIL import ImageDraw
+
+    img = Image.new("L", size, 255)
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.ellipse((0.18 * w, 0.18 * h, 0.82 * w, 0.82 * h), outline=0, width=pen)
+    d.line((w / 2, 0.06 * h, w / 2, 0.94 * h), fill=0, width=pen)
+    return np.asarray(img)
+
+
+BEST_PRE = Preprocess(
+    threshold=0.35, despeckle=3, crop=True, crop_mass=0.05, margin=0.08, crop_connect=0.2, crop_bridge=0.02
+)
+
+
+@pytest.mark.parametrize("pen, size", [(1, (84, 83)), (2, (84, 83)), (3, (400, 400)), (6, (200, 200))])
+@pytest.mark.parametrize("target", [2.2, 2.6])
+def test_match_stroke_width_brings_thin_pens_to_the_training_width(pen, size, target):
+    from maist.images import STROKE_TOLERANCE, match_stroke_width, stroke_widths
+
+    framed = normalize_ink(_drawn(pen, size))
+    w0 = float(stroke_widths(BEST_PRE(framed[None]))[0])
+    assert w0 < target * (1 - STROKE_TOLERANCE)  # thinner than the training strokes, all of them
+    out = match_stroke_width(framed, BEST_PRE, target)
+    assert out.shape == (28, 28) and out.min() >= 0 and out.max() <= 1
+    assert float(stroke_widths(out)[0]) == pytest.approx(target, rel=0.05)
+
+
+def test_bold_strokes_are_left_unless_erosion_is_asked_for():
+    from maist.images import match_stroke_width, stroke_widths
+
+    framed = normalize_ink(_drawn(12))
+    plain = BEST_PRE(framed[None])[0]
+    assert float(stroke_widths(plain)[0]) > 2.6
+    assert torch.equal(match_stroke_width(framed, BEST_PRE, 1.9), plain)
+    thinned = match_stroke_width(framed, BEST_PRE, 1.9, erode=True)
+    assert float(stroke_widths(thinned)[0]) == pytest.approx(1.9, rel=0.05)
+
+
+def test_a_picture_at_the_training_width_is_left_as_it_is():
+    from maist.images import match_stroke_width, stroke_widths
+
+    framed = normalize_ink(_drawn(6))
+    plain = BEST_PRE(framed[None])[0]
+    w = float(stroke_widths(plain)[0])
+    assert torch.equal(match_stroke_width(framed, BEST_PRE, w * 1.05), plain)
+    assert torch.equal(to_model_input(_drawn(6), BEST_PRE, stroke_width=w)[0, 0], plain)
+    assert torch.equal(to_model_input(_drawn(6), BEST_PRE, stroke_width=None), plain[None, None])
+
+
+def test_predictor_matches_strokes_only_when_asked_or_recorded(tmp_path):
+    """A checkpoint without a ``stroke_width`` hparam (older ones) predicts as before; one with it,
+    or ``stroke_width=`` given, matches; ``stroke_width=0`` turns it off."""
+    import inspect
+
+    from test_predict import tiny_checkpoint
+
+    from maist.module import MaistModule
+    from maist.predict import Predictor
+
+    old = Predictor.from_checkpoint(tiny_checkpoint())
+    assert old.stroke_width is None and old.recorded_stroke_width is None
+    pic = _drawn(1)
+    assert torch.equal(old.prepare(pic), to_model_input(pic, old.preprocess, old.ink_ratio))
+    asked = Predictor.from_checkpoint(tiny_checkpoint(), stroke_width=2.4)
+    assert asked.stroke_width == 2.4
+    assert torch.equal(asked.prepare(pic), to_model_input(pic, old.preprocess, old.ink_ratio, stroke_width=2.4))
+    assert not torch.equal(asked.prepare(pic), old.prepare(pic))
+    if "stroke_width" not in inspect.signature(MaistModule).parameters:
+        pytest.skip("MaistModule(stroke_width=…) is not wired yet: the checkpoint cannot record it")
+    ckpt = torch.load(tiny_checkpoint(), weights_only=True)
+    ckpt["hyper_parameters"]["stroke_width"] = 2.4
+    torch.save(ckpt, tmp_path / "recorded.ckpt")
+    recorded = Predictor.from_checkpoint(tmp_path / "recorded.ckpt")
+    assert recorded.stroke_width == recorded.recorded_stroke_width == 2.4
+    assert torch.equal(recorded.prepare(pic), asked.prepare(pic))
+    assert Predictor.from_checkpoint(tmp_path / "recorded.ckpt", stroke_width=0).stroke_width is None

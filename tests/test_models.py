@@ -61,9 +61,12 @@ def test_modern_cnn_any_input_size():
 
 
 def _module(reduction):
-    return MaistModule(net={"_target_": "maist.models.LinearSoftmax", "num_classes": 3, "image_size": 4},
-                       optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
-                       loss_reduction=reduction, classes=["あ", "い", "う"])
+    return MaistModule(
+        net={"_target_": "maist.models.LinearSoftmax", "num_classes": 3, "image_size": 4},
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
+        loss_reduction=reduction,
+        classes=["あ", "い", "う"],
+    )
 
 
 def test_summed_loss_is_batch_times_mean():
@@ -78,7 +81,93 @@ def test_hyperparameters_are_plain_and_rebuild_the_model(tmp_path):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"net": {"_target_": "maist.models.LinearSoftmax", "num_classes": 3, "image_size": 4}})
-    m = MaistModule(net=cfg.net, optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
-                    classes=OmegaConf.create(["あ", "い", "う"]), preprocess={"image_size": 4})
+    m = MaistModule(
+        net=cfg.net,
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
+        classes=OmegaConf.create(["あ", "い", "う"]),
+        preprocess={"image_size": 4},
+    )
     assert type(m.hparams.net) is dict and type(m.hparams.classes) is list
     assert m.classes == ["あ", "い", "う"]
+
+
+def test_modern_ensemble_averages_its_members_log_probabilities():
+    from maist.models import ModernEnsemble
+
+    torch.manual_seed(0)
+    net = ModernEnsemble(members=3, num_classes=5, channels=(4, 8), convs_per_stage=1).eval()
+    x = torch.rand(2, 1, 28, 28)
+    members = torch.stack([m(x).log_softmax(-1) for m in net.members])
+    assert torch.allclose(net(x), members.mean(0))
+    assert not torch.allclose(members[0], members[1])  # each its own initialisation
+    with pytest.raises(ValueError, match="members"):
+        ModernEnsemble(members=0)
+
+
+# ---------------------------------------------------------------------- weight averaging
+def _fit(steps, callbacks, ckpt_path=None, seed=0):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.rand(48, 1, 12, 12, generator=g), torch.randint(3, (48,), generator=g))
+    module = MaistModule(
+        net={
+            "_target_": "maist.models.ModernCNN",
+            "num_classes": 3,
+            "image_size": 12,
+            "channels": [4, 8],
+            "convs_per_stage": 1,
+        },
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 0.01},
+        loss_reduction="mean",
+        classes=["あ", "い", "う"],
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=8), ckpt_path=ckpt_path, weights_only=False)
+    return module, trainer
+
+
+def test_weight_average_is_what_checkpoints_hold_and_resumes_exactly(tmp_path):
+    from maist.callbacks.ema import WeightAverage
+
+    ema = WeightAverage(decay=0.9)
+    module, trainer = _fit(12, [ema])
+    average = {k: v.clone() for k, v in ema.average.items()}
+    state = module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in average.items())  # fit ends with the average in
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+    saved = torch.load(tmp_path / "end.ckpt", weights_only=True)
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in average.items())
+    raw = saved["callbacks"][ema.state_key]["raw"]
+    assert any(not torch.equal(raw[k], average[k]) for k in raw)  # the raw weights differ, and travel along
+
+    # averaging leaves training alone: 6 steps with and without it, a checkpoint, 6 more from it,
+    # give the same raw weights; the resumed average starts from the saved one
+    runs = {}
+    for name, callbacks in (("plain", []), ("ema", [WeightAverage(decay=0.9)])):
+        _, t6 = _fit(6, callbacks)
+        t6.save_checkpoint(tmp_path / f"{name}.ckpt")
+    saved = torch.load(tmp_path / "ema.ckpt", weights_only=True)
+    plain6 = torch.load(tmp_path / "plain.ckpt", weights_only=True)["state_dict"]
+    raw6 = saved["callbacks"][ema.state_key]["raw"]
+    assert all(torch.equal(raw6[k], plain6[k]) for k in raw6)
+    for name, callbacks in (("plain", []), ("ema", [WeightAverage(decay=0.9)])):
+        runs[name] = (_fit(12, callbacks, ckpt_path=tmp_path / f"{name}.ckpt", seed=123)[0], callbacks)
+    resumed = runs["ema"][1][0]
+    plain12 = runs["plain"][0].state_dict()
+    assert all(torch.equal(resumed._raw[k], plain12[k]) for k in resumed._raw)
+    assert any(not torch.equal(resumed.average[k], saved["state_dict"][k]) for k in resumed.average)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(decay=1.0)

@@ -22,6 +22,7 @@ from maist.data.preprocess import Preprocess
 from maist.data.split import SPLIT_MODES, make_split
 from maist.distributed import per_rank_batch, shard, world
 from maist.errors import ConfigError
+from maist.images import stroke_width
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ class MaistDataModule(L.LightningDataModule):
         for name in ("train", "val", "test"):
             log.info("%s: %s", name, getattr(self, f"{name}_set").describe())
         self.ink_ratio = self.train_set.ink_ratio()
+        self.stroke_width = stroke_width(self.train_set)  # prediction matches user pictures' strokes to it
 
     @property
     def num_classes(self) -> int:

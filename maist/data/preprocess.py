@@ -14,11 +14,16 @@ Steps, each a config value (``data.preprocess``):
   (a fraction of its side) on each side, so size and position no longer vary. The box may
   leave out a fraction ``crop_mass`` of the ink mass at each side (rows and columns
   separately), so a speck or a stretch of frame far from the character does not widen it.
+  ``crop_connect`` then grows that box again over the ink connected to what it holds, by at
+  most that fraction of the image side: the trimmed ends of the character's own strokes (the
+  outer part of a dakuten or handakuten, usually its rightmost and topmost ink) come back,
+  while specks and frame pieces apart from the character stay out.
 - the square is resized with antialiasing to ``image_size``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,6 +44,8 @@ class Preprocess:
     margin: float = 0.12
     crop_mass: float = 0.0  # ink fraction the crop may leave out at each side (0: all the ink)
     despeckle: int = 0  # drop ink pixels with fewer ink neighbours than this (0: off)
+    crop_connect: float = 0.0  # regrow the trimmed box over connected ink, ≤ this × the side (0: off)
+    crop_bridge: float = 0.0  # … across gaps of up to 2 × this × the side between ink pixels
     ink_percentile: float = 99.0  # the level counted as full ink when stretching
 
     def __post_init__(self):
@@ -46,6 +53,9 @@ class Preprocess:
             raise ValueError(f"preprocess.contrast must be one of {CONTRAST_MODES}, got {self.contrast!r}")
         if self.image_size < 4:
             raise ValueError(f"image_size must be at least 4, got {self.image_size}")
+        for name in ("crop_connect", "crop_bridge"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"preprocess.{name} must be in [0, 1], got {getattr(self, name)}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,9 +81,21 @@ class Preprocess:
             return self._crop_resize(x)
         return resize(pad_to_square(x), self.image_size)
 
-    def _crop_resize(self, x: torch.Tensor) -> torch.Tensor:
+    def crop_boxes(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(N, H, W) images after threshold and despeckle → (top, bottom, left, right), inclusive,
+        of the crop (each (N,) long)."""
         top, bottom = mass_bounds(x.sum(2), self.crop_mass)
         left, right = mass_bounds(x.sum(1), self.crop_mass)
+        if self.crop_connect > 0 and self.crop_mass > 0:
+            steps = max(1, math.ceil(self.crop_connect * max(x.shape[-2:])))
+            bridge = math.ceil(self.crop_bridge * max(x.shape[-2:]))
+            top, bottom, left, right = grow_box(x > 0, top, bottom, left, right, steps, bridge)
+        return top, bottom, left, right
+
+    def _crop_resize(self, x: torch.Tensor, boxes=None) -> torch.Tensor:
+        """Crop each image to its box (``crop_boxes`` unless given), pad to a square with the
+        margin, resize: linear in ``x`` for given boxes."""
+        top, bottom, left, right = self.crop_boxes(x) if boxes is None else boxes
         out = []
         for img, t, b, l, r in zip(x, top.tolist(), bottom.tolist(), left.tolist(), right.tolist()):
             if not (img > 0).any():  # nothing to crop to
@@ -92,6 +114,49 @@ def despeckle(x: torch.Tensor, min_neighbours: int) -> torch.Tensor:
     ink = (x > 0).to(x.dtype)[:, None]
     around = F.avg_pool2d(ink, 3, stride=1, padding=1, count_include_pad=True)[:, 0] * 9 - ink[:, 0]
     return torch.where(around >= min_neighbours - 0.5, x, torch.zeros_like(x))
+
+
+def _dilate3(m: torch.Tensor) -> torch.Tensor:
+    """3×3 binary dilation of (N, H, W) bool masks (two separable passes of shifted ORs)."""
+    h = m.clone()
+    h[:, :, 1:] |= m[:, :, :-1]
+    h[:, :, :-1] |= m[:, :, 1:]
+    v = h.clone()
+    v[:, 1:] |= h[:, :-1]
+    v[:, :-1] |= h[:, 1:]
+    return v
+
+
+def grow_box(ink: torch.Tensor, top, bottom, left, right, steps: int, bridge: int = 0) -> tuple[torch.Tensor, ...]:
+    """Grow each (N,) box (inclusive bounds) of the (N, H, W) bool ``ink`` to the bounding box
+    of the ink reachable from the ink inside it in at most ``steps`` 8-connected steps through
+    ink, or through gaps of up to ``2 · bridge`` pixels between inked pixels: the trimmed ends
+    of the strokes the box cuts come back, and the marks beside them; ink apart does not."""
+    n, h, w = ink.shape
+    path = ink
+    for _ in range(bridge):
+        path = _dilate3(path)
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside = ((rows[None] >= top[:, None]) & (rows[None] <= bottom[:, None]))[:, :, None] & (
+        (cols[None] >= left[:, None]) & (cols[None] <= right[:, None])
+    )[:, None, :]
+    reached = path & inside
+    for _ in range(steps):
+        grown = _dilate3(reached) & path
+        if torch.equal(grown, reached):
+            break
+        reached = grown
+    reached &= ink
+    ys, xs = reached.any(2), reached.any(1)
+    big = torch.iinfo(torch.long).max
+    first = lambda m, idx: torch.where(m, idx[None], big).amin(1)  # noqa: E731
+    last = lambda m, idx: torch.where(m, idx[None], -1).amax(1)  # noqa: E731
+    return (
+        torch.minimum(top, first(ys, rows)),
+        torch.maximum(bottom, last(ys, rows)),
+        torch.minimum(left, first(xs, cols)),
+        torch.maximum(right, last(xs, cols)),
+    )
 
 
 def mass_bounds(profile: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,6 @@
 
 from maist.models.cnn import DeepMnistCNN
 from maist.models.linear import LinearSoftmax
-from maist.models.modern import ModernCNN
+from maist.models.modern import ModernCNN, ModernEnsemble
 
-__all__ = ["DeepMnistCNN", "LinearSoftmax", "ModernCNN"]
+__all__ = ["DeepMnistCNN", "LinearSoftmax", "ModernCNN", "ModernEnsemble"]

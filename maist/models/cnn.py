@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
