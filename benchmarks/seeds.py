@@ -32,9 +32,19 @@ CASES = {
 
 def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
     out = folder / f"{case}-{seed}"
-    cmd = [sys.executable, "train.py", f"experiment={experiment}", f"seed={seed}", *CASES[case],
-           f"hydra.run.dir={out}", f"data.cache_dir={folder / 'cache'}", "trainer.enable_progress_bar=false",
-           "analyse_test=false", "~callbacks.feature_maps", *extra]
+    cmd = [
+        sys.executable,
+        "train.py",
+        f"experiment={experiment}",
+        f"seed={seed}",
+        *CASES[case],
+        f"hydra.run.dir={out}",
+        f"data.cache_dir={folder / 'cache'}",
+        "trainer.enable_progress_bar=false",
+        "analyse_test=false",
+        "~callbacks.feature_maps",
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -56,12 +66,18 @@ def main() -> None:
             for seed in args.seeds:
                 m = run(args.experiment, case, seed, Path(tmp), args.overrides)
                 accs.append(100 * m["test/acc"])
-                print(f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "
-                      f"val/acc_best {100 * m.get('val/acc_best', float('nan')):.2f}%  "
-                      f"train {m['train_seconds']:.0f} s", flush=True)
+                print(
+                    f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "
+                    f"val/acc_best {100 * m.get('val/acc_best', float('nan')):.2f}%  "
+                    f"train {m['train_seconds']:.0f} s",
+                    flush=True,
+                )
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            print(f"{args.experiment} {case}: {' / '.join(f'{a:.2f}' for a in accs)}%  "
-                  f"mean {statistics.mean(accs):.2f} ± {std:.2f}%", flush=True)
+            print(
+                f"{args.experiment} {case}: {' / '.join(f'{a:.2f}' for a in accs)}%  "
+                f"mean {statistics.mean(accs):.2f} ± {std:.2f}%",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

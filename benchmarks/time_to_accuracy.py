@@ -51,8 +51,10 @@ class AccuracyClock(L.Callback):
     def accuracy(self, module) -> float:
         was = module.training
         module.eval()
-        correct = sum(int((module(self.data[i : i + 1000]).argmax(1) == self.targets[i : i + 1000]).sum())
-                      for i in range(0, len(self.targets), 1000))
+        correct = sum(
+            int((module(self.data[i : i + 1000]).argmax(1) == self.targets[i : i + 1000]).sum())
+            for i in range(0, len(self.targets), 1000)
+        )
         module.train(was)
         return correct / len(self.targets)
 
@@ -70,9 +72,18 @@ class AccuracyClock(L.Callback):
 
 
 def compose_cfg(experiment: str, root: str, cache_dir: str, out: str, extra=()) -> object:
-    overrides = [f"experiment={experiment}", f"data.root={root}", "data.split_by=writer",
-                 f"data.cache_dir={cache_dir}", f"paths.output_dir={out}", "~callbacks.feature_maps",
-                 "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "~callbacks.lr_monitor", *extra]
+    overrides = [
+        f"experiment={experiment}",
+        f"data.root={root}",
+        "data.split_by=writer",
+        f"data.cache_dir={cache_dir}",
+        f"paths.output_dir={out}",
+        "~callbacks.feature_maps",
+        "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
+        "~callbacks.lr_monitor",
+        *extra,
+    ]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("train", overrides=overrides)
 
@@ -85,11 +96,23 @@ def train_curve(cfg, points: int) -> tuple[list, dict]:
     steps = int(cfg.trainer.max_steps)
     clock = AccuracyClock(dm.test_set.float_images(), dm.test_set.targets, steps // points)
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule")) + [clock]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                          limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
-    info = {"steps": steps, "batch": int(cfg.data.batch_size), "image_size": int(cfg.data.image_size),
-            "test": len(dm.test_set), "train": len(dm.train_set)}
+    info = {
+        "steps": steps,
+        "batch": int(cfg.data.batch_size),
+        "image_size": int(cfg.data.image_size),
+        "test": len(dm.test_set),
+        "train": len(dm.train_set),
+    }
     return clock.curve, info
 
 
@@ -126,16 +149,20 @@ def main(argv=None) -> None:
         curve, info = train_curve(cfg, args.points)
         runs[name] = (exp, curve, info)
 
-    print(f"\ntime to accuracy on {args.root} (writer-disjoint split), {args.threads} thread(s), "
-          "training seconds (evaluation excluded)")
+    print(
+        f"\ntime to accuracy on {args.root} (writer-disjoint split), {args.threads} thread(s), "
+        "training seconds (evaluation excluded)"
+    )
     for name, (exp, curve, info) in runs.items():
         cut = ""
         if name == "article" and args.article_steps:
             cut = f"  [CUT to {args.article_steps:,} of the article's 20,000 steps]"
         if name == "best" and args.best_steps:
             cut = f"  [max_steps overridden to {args.best_steps}]"
-        print(f"\n{name}: experiment={exp}, {info['steps']:,} steps × batch {info['batch']}, "
-              f"{info['image_size']}×{info['image_size']}, {info['train']:,} train / {info['test']:,} test{cut}")
+        print(
+            f"\n{name}: experiment={exp}, {info['steps']:,} steps × batch {info['batch']}, "
+            f"{info['image_size']}×{info['image_size']}, {info['train']:,} train / {info['test']:,} test{cut}"
+        )
         print(f"  {'step':>7s} {'seconds':>9s} {'test acc':>9s}")
         for step, t, acc in curve:
             print(f"  {step:7d} {t:9.1f} {acc:9.4f}")
@@ -148,8 +175,10 @@ def main(argv=None) -> None:
         print(f"  best never reaches it (final {runs['best'][1][-1][2]:.4f})")
     else:
         print(f"  best reaches it after {t_best:.1f} s  →  {t_art / max(t_best, 1e-9):.1f}× faster")
-    print(f"  final: article {target:.4f} in {runs['article'][1][-1][1]:.1f} s; "
-          f"best {runs['best'][1][-1][2]:.4f} in {runs['best'][1][-1][1]:.1f} s")
+    print(
+        f"  final: article {target:.4f} in {runs['article'][1][-1][1]:.1f} s; "
+        f"best {runs['best'][1][-1][2]:.4f} in {runs['best'][1][-1][1]:.1f} s"
+    )
 
 
 if __name__ == "__main__":

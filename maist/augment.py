@@ -50,8 +50,13 @@ def affine_matrices(angle, scale, shear_x, shear_y, tx, ty) -> torch.Tensor:
     cos, sin = torch.cos(angle), torch.sin(angle)
     # screen coordinates have y downwards: a counter-clockwise turn on screen is R(-angle)
     r = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
-    sh = torch.stack([torch.stack([torch.ones_like(shear_x), torch.tan(shear_x)], -1),
-                      torch.stack([torch.tan(shear_y), torch.ones_like(shear_y)], -1)], -2)
+    sh = torch.stack(
+        [
+            torch.stack([torch.ones_like(shear_x), torch.tan(shear_x)], -1),
+            torch.stack([torch.tan(shear_y), torch.ones_like(shear_y)], -1),
+        ],
+        -2,
+    )
     a = r @ sh * scale[:, None, None]
     a_inv = torch.linalg.inv(a)
     t = torch.stack([tx, ty], -1)[:, :, None]
@@ -94,9 +99,19 @@ class BatchAffine(nn.Module):
         p: probability that a sample is transformed at all (the others pass unchanged).
     """
 
-    def __init__(self, rotate: float = 0.0, scale: Sequence[float] | float = (1.0, 1.0), shear: float = 0.0,
-                 translate: float = 0.0, elastic: float = 0.0, elastic_grid: int = 4, stroke: float = 0.0,
-                 gamma: float = 1.0, contrast: float = 1.0, p: float = 1.0):
+    def __init__(
+        self,
+        rotate: float = 0.0,
+        scale: Sequence[float] | float = (1.0, 1.0),
+        shear: float = 0.0,
+        translate: float = 0.0,
+        elastic: float = 0.0,
+        elastic_grid: int = 4,
+        stroke: float = 0.0,
+        gamma: float = 1.0,
+        contrast: float = 1.0,
+        p: float = 1.0,
+    ):
         super().__init__()
         self.rotate, self.shear, self.translate = float(rotate), float(shear), float(translate)
         self.scale = _range(scale, "scale", 1.0) if not isinstance(scale, (int, float)) else (1 / scale, scale)
@@ -112,9 +127,11 @@ class BatchAffine(nn.Module):
         return bool(self.rotate or self.shear or self.translate or self.scale != (1.0, 1.0))
 
     def extra_repr(self) -> str:
-        return (f"rotate={self.rotate}, scale={self.scale}, shear={self.shear}, translate={self.translate}, "
-                f"elastic={self.elastic}, stroke={self.stroke}, gamma={self.gamma}, contrast={self.contrast}, "
-                f"p={self.p}")
+        return (
+            f"rotate={self.rotate}, scale={self.scale}, shear={self.shear}, translate={self.translate}, "
+            f"elastic={self.elastic}, stroke={self.stroke}, gamma={self.gamma}, contrast={self.contrast}, "
+            f"p={self.p}"
+        )
 
     def _uniform(self, n: int, lo: float, hi: float, like: torch.Tensor, generator=None) -> torch.Tensor:
         return torch.rand(n, generator=generator, device=like.device, dtype=torch.float32) * (hi - lo) + lo
@@ -123,8 +140,14 @@ class BatchAffine(nn.Module):
         u = lambda lo, hi: self._uniform(n, lo, hi, like, generator)  # noqa: E731
         rot, shr = math.radians(self.rotate), math.radians(self.shear)
         lo, hi = math.log(self.scale[0]), math.log(self.scale[1])
-        return affine_matrices(u(-rot, rot), torch.exp(u(lo, hi)), u(-shr, shr), u(-shr, shr),
-                               u(-2 * self.translate, 2 * self.translate), u(-2 * self.translate, 2 * self.translate))
+        return affine_matrices(
+            u(-rot, rot),
+            torch.exp(u(lo, hi)),
+            u(-shr, shr),
+            u(-shr, shr),
+            u(-2 * self.translate, 2 * self.translate),
+            u(-2 * self.translate, 2 * self.translate),
+        )
 
     def sample_displacement(self, n: int, size: int, like: torch.Tensor, generator=None) -> torch.Tensor:
         k = max(2, self.elastic_grid)
@@ -138,8 +161,11 @@ class BatchAffine(nn.Module):
         n, size = x.shape[0], x.shape[-1]
         out = x
         if self.geometric or self.elastic:
-            theta = (self.sample_theta(n, size, x, generator) if self.geometric
-                     else torch.eye(2, 3, device=x.device).expand(n, 2, 3))
+            theta = (
+                self.sample_theta(n, size, x, generator)
+                if self.geometric
+                else torch.eye(2, 3, device=x.device).expand(n, 2, 3)
+            )
             disp = self.sample_displacement(n, size, x, generator) if self.elastic else None
             out = warp(x, theta, disp)
         if self.stroke:

@@ -35,8 +35,9 @@ def test_zero_magnitude_is_identity():
 
 def test_eval_mode_passes_through():
     x = batch()
-    aug = BatchAffine(rotate=15, scale=[0.8, 1.2], shear=10, translate=0.1, elastic=1.0, stroke=0.5,
-                      gamma=1.5, contrast=0.6).eval()
+    aug = BatchAffine(
+        rotate=15, scale=[0.8, 1.2], shear=10, translate=0.1, elastic=1.0, stroke=0.5, gamma=1.5, contrast=0.6
+    ).eval()
     assert aug(x) is x
 
 
@@ -101,8 +102,9 @@ def test_rotation_by_90_degrees():
 
 def test_shape_dtype_range_preserved():
     x = batch(n=10, size=32)
-    aug = BatchAffine(rotate=20, scale=[0.7, 1.3], shear=15, translate=0.15, elastic=1.5, stroke=0.7,
-                      gamma=2.0, contrast=0.5, p=0.8).train()
+    aug = BatchAffine(
+        rotate=20, scale=[0.7, 1.3], shear=15, translate=0.15, elastic=1.5, stroke=0.7, gamma=2.0, contrast=0.5, p=0.8
+    ).train()
     out = aug(x)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert out.min() >= 0.0 and out.max() <= 1.0
