@@ -54,7 +54,8 @@ class BatchIndexSampler:
     starts; :meth:`resume_at` starts the next epoch part-way, so a run resumed mid-epoch draws
     exactly the batches an uninterrupted run would have drawn. ``batch_size`` is the global batch:
     with ``world_size`` processes, rank ``rank`` takes its slice of each global batch, so the
-    ranks train on disjoint parts of one draw.
+    ranks train on disjoint parts of one draw. With ``device`` set (where the images live), each
+    epoch's draw is moved there once, so no step copies indices from the host.
     """
 
     def __init__(
@@ -68,11 +69,12 @@ class BatchIndexSampler:
         drop_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | None = None,
     ):
         if n == 0:
             raise ValueError("cannot sample batches from an empty set")
         self.per_rank = per_rank_batch(batch_size, world_size)
-        self.rank = rank
+        self.rank, self.device = rank, device
         self.n, self.batch_size, self.replacement = n, batch_size, replacement
         self.seed, self.shuffle, self.drop_last, self.epoch = seed, shuffle, drop_last, 0
         self.batches_per_epoch = batches_per_epoch or max(1, n // batch_size)
@@ -102,9 +104,10 @@ class BatchIndexSampler:
         mine = slice(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
         if self.replacement:
             draws = torch.randint(self.n, (len(self), self.batch_size), generator=self._generator())
-            yield from draws[start:, mine]
+            yield from draws[start:, mine].to(self.device)
             return
         order = torch.randperm(self.n, generator=self._generator()) if self.shuffle else torch.arange(self.n)
+        order = order.to(self.device)
         for k in range(start, len(self)):
             yield order[k * self.batch_size : (k + 1) * self.batch_size][mine]
 
@@ -265,6 +268,7 @@ class MaistDataModule(L.LightningDataModule):
             batches_per_epoch=h.batches_per_epoch,
             rank=rank,
             world_size=world_size,
+            device=device,
         )
         if self.trainer is not None and self.trainer.global_step:  # resuming: continue where it stopped
             sampler.resume_at(self.trainer.global_step)

@@ -1,0 +1,197 @@
+"""Training images/s on a GPU: the article's CNN and ``best``, through the project's Trainer and in a
+plain PyTorch loop, in fp32 and bf16, at the configured batch and at a large one.
+
+    python -m benchmarks.gpu_throughput [--root DIR] [--steps 300] [--warmup 50] [--big-batch 1024]
+                                        [--whole]
+
+For each recipe (``experiment=seed_stepped_dropout``, the article's CNN with its keep-probability
+schedule, and ``experiment=best``, with its augmentation and one-cycle rate) the benchmark builds the
+data module and the model from the Hydra configs with ``trainer=gpu`` and measures:
+
+- ``lightning``: ``Trainer.fit`` from ``maist/conf/trainer/gpu.yaml`` (images on the device, batches
+  indexed there, the schedule callbacks, no logger, no validation, no checkpoints);
+- ``plain``: the same network, optimizer, loss, augmentation and batch size in a bare loop over
+  the same device tensors (``torch.autocast`` for bf16).
+
+Only steps after ``--warmup`` count, timed between CUDA-synchronised clocks. ``--whole`` also
+runs ``train.py experiment=best trainer=gpu`` and the article's 20,000 steps in fresh processes
+(validations, checkpoints, test, TensorBoard) and prints their training seconds.
+
+Without ``--root`` it runs on the generated sample shipped in the package (the speed does not
+depend on the handwriting). Needs a CUDA device; it is a benchmark, never part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from maist.config import CONFIG_DIR, register_resolvers
+from maist.run import _instantiate_all, build_module
+
+RECIPES = {"article CNN": "seed_stepped_dropout", "best": "best"}
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class SyncClock(L.Callback):
+    """CUDA-synchronised perf_counter after step ``warmup`` and after the last step."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.t0, self.t1 = warmup, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step in (self.warmup, trainer.max_steps):
+            sync()
+            if step == self.warmup:
+                self.t0 = time.perf_counter()
+            else:
+                self.t1 = time.perf_counter()
+
+
+def compose_cfg(experiment: str, root: str | None, out: str, extra=()) -> object:
+    overrides = [
+        f"experiment={experiment}",
+        "trainer=gpu",
+        f"paths.output_dir={out}",
+        "data.cache_dir=false",
+        "~callbacks.feature_maps",
+        "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
+        "~callbacks.lr_monitor",
+        *([f"data.root={root}"] if root else []),
+        *extra,
+    ]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def lightning_rate(cfg, dm, steps: int, warmup: int) -> float:
+    model = build_module(cfg, dm)
+    clock = SyncClock(warmup)
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=warmup + steps,
+        callbacks=_instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule")) + [clock],
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    return steps * int(cfg.data.batch_size) / (clock.t1 - clock.t0)
+
+
+def plain_rate(cfg, dm, steps: int, warmup: int, precision: str) -> float:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_module(cfg, dm).to(device)
+    model.train()
+    part = dm.train_set.to(device)
+    x_all, y_all = part.float_images(), part.targets
+    opt = instantiate(cfg.model.optimizer, params=model.net.parameters())
+    bs = int(cfg.data.batch_size)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        idx = torch.randint(len(y_all), (bs,), device=device)
+        x, y = x_all[idx], y_all[idx]
+        with autocast:
+            if model.augment is not None:
+                x = model.augment(x)
+            loss = model.loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    return steps * bs / (time.perf_counter() - t0)
+
+
+def whole_run(experiment: str, root: str | None, extra=()) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="maist-gpu-run-"))
+    cmd = [
+        sys.executable,
+        "train.py",
+        f"experiment={experiment}",
+        "trainer=gpu",
+        f"hydra.run.dir={tmp}",
+        "data.cache_dir=false",
+        "trainer.enable_progress_bar=false",
+        *([f"data.root={root}"] if root else []),
+        *extra,
+    ]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"gpu_throughput: {' '.join(cmd[1:])} failed:\n{done.stderr[-3000:]}")
+    metrics = json.loads((tmp / "metrics.json").read_text())
+    metrics["process_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=None, help="ETL data (default: the generated sample)")
+    p.add_argument("--steps", type=int, default=300, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--big-batch", type=int, default=1024, help="the second batch size measured (0: skip)")
+    p.add_argument("--whole", action="store_true", help="also time whole train.py runs in fresh processes")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("gpu_throughput: no CUDA device here (this benchmark measures a GPU)")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    register_resolvers()
+    torch.backends.cudnn.benchmark = True
+    out = tempfile.mkdtemp(prefix="maist-gpu-")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, lightning {L.__version__}", flush=True)
+    print(
+        f"{'recipe':12s} {'batch':>5s} {'precision':>10s} {'lightning img/s':>16s} {'plain img/s':>12s} {'ratio':>6s}"
+    )
+    for name, experiment in RECIPES.items():
+        base = compose_cfg(experiment, args.root, out)
+        L.seed_everything(0, workers=False)
+        dm = instantiate(base.data, _convert_="all")
+        dm.setup("fit")
+        batches = [int(base.data.batch_size)] + ([args.big_batch] if args.big_batch else [])
+        for bs in batches:
+            for precision in PRECISIONS:
+                cfg = compose_cfg(experiment, args.root, out, [f"trainer.precision={precision}"])
+                cfg.data.batch_size = bs
+                dm.hparams.batch_size = bs
+                lit = lightning_rate(cfg, dm, args.steps, args.warmup)
+                plain = plain_rate(cfg, dm, args.steps, args.warmup, precision)
+                print(f"{name:12s} {bs:5d} {precision:>10s} {lit:16,.0f} {plain:12,.0f} {lit / plain:6.2f}", flush=True)
+    if args.whole:
+        print("\nwhole runs (train.py, trainer=gpu: validation, checkpoints, test, TensorBoard):")
+        for experiment in ("best", "seed_stepped_dropout"):
+            m = whole_run(experiment, args.root)
+            print(
+                f"  experiment={experiment}: {m.get('train_seconds', float('nan')):.1f} s training, "
+                f"{m['process_seconds']:.1f} s process, test/acc {m.get('test/acc', float('nan')):.4f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
