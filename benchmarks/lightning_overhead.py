@@ -4,13 +4,15 @@
 
 For the article's CNN (``experiment=seed_cnn``) and the linear model (``experiment=seed_beginner``),
 both built from the project's Hydra configs: ``MaistModule`` + ``MaistDataModule`` batches in a
-``Trainer`` made from ``maist/conf/trainer`` with the configured logger (TensorBoard, into a temporary
-folder) and callbacks (minus checkpointing and feature-map figures), no validation, no progress
-bar; against a plain loop over the same in-memory tensors with the same network, optimizer,
-loss, batch size (50) and thread count. The two alternate in rounds (L, plain, L, plain, …) so
-that machine noise falls on both; only steps after a warm-up count. Variants of the Lightning
-side show where its overhead comes from: without the logger, and without the per-step
-``self.log`` + torchmetrics accuracy in ``training_step``.
+``Trainer`` made as ``train.py`` makes it (``maist.run.make_trainer``) with the configured logger
+(TensorBoard, into a temporary folder), callbacks (minus checkpointing and feature-map figures) and
+schedules, no validation, no progress bar; against a plain loop over the same in-memory tensors
+with the same network, optimizer, loss, batch size (50) and thread count. The two alternate in
+rounds (L, plain, L, plain, …) so that machine noise falls on both; only steps after a warm-up
+count. Each step is timed: the table gives the mean (what a run takes) and the median (a typical
+step, less moved by other processes taking the cores). Variants of the Lightning side show where
+its overhead comes from: without the logger, and with a bare ``training_step`` (no finite-loss
+check, no scalars on logging steps).
 
 Then the whole ``experiment=seed_beginner`` run (``train.py`` in a fresh process: 10,000 steps with
 its validations, callbacks and logger) against the same 10,000 steps in the plain loop.
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +38,7 @@ from hydra.utils import instantiate
 
 from maist.config import CONFIG_DIR, register_resolvers
 from maist.module import MaistModule
-from maist.run import build_module
+from maist.run import build_module, make_trainer
 
 CONF = CONFIG_DIR
 
@@ -50,13 +54,15 @@ class StepClock(L.Callback):
 
 
 class QuietModule(MaistModule):
-    """MaistModule without the per-step ``self.log`` and torchmetrics update (diagnosis only)."""
+    """MaistModule with a bare ``training_step``: forward and loss only (diagnosis only)."""
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         if self.augment is not None:
             x = self.augment(x)
         return self.loss(self(x), y)
+
+    training_step.__signature__ = inspect.signature(training_step)  # as MaistModule's
 
 
 def compose_cfg(experiment: str, root: str | None, cache_dir: str, out: str, extra=()) -> object:
@@ -78,31 +84,35 @@ def compose_cfg(experiment: str, root: str | None, cache_dir: str, out: str, ext
         return compose("train", overrides=overrides, return_hydra_config=False)
 
 
-def lightning_steps(cfg, dm, state, steps: int, warmup: int, logger: bool = True, quiet: bool = False) -> float:
-    """Seconds for ``steps`` training steps after ``warmup`` in a fresh Trainer.fit."""
+def configured_callbacks(cfg, logger: bool) -> list:
+    """The run's configured callbacks and schedules (``lr_monitor`` only with a logger)."""
+    configured = {**cfg.callbacks, **(cfg.get("schedule") or {})}
+    return [instantiate(c) for k, c in configured.items() if c and "_target_" in c and (logger or k != "lr_monitor")]
+
+
+def bench_trainer(cfg, steps: int, callbacks: list, logger) -> L.Trainer:
+    """``cfg``'s Trainer (as ``train.py`` makes it) for ``steps`` steps, without checkpoints or validation."""
+    return make_trainer(
+        cfg, max_steps=steps, callbacks=callbacks, logger=logger, enable_checkpointing=False, limit_val_batches=0
+    )
+
+
+def lightning_steps(cfg, dm, state, steps: int, warmup: int, logger: bool = True, quiet: bool = False) -> list[float]:
+    """The seconds of each of ``steps`` training steps after ``warmup`` in a fresh Trainer.fit."""
     model = build_module(cfg, dm)
     if quiet:
         model = QuietModule(**model.hparams)
     model.load_state_dict(state)
     clock = StepClock()
     loggers = [instantiate(c) for c in cfg.logger.values()] if logger and cfg.get("logger") else False
-    callbacks = [
-        instantiate(c) for k, c in cfg.callbacks.items() if c and "_target_" in c and (loggers or k != "lr_monitor")
-    ] + [clock]  # lr_monitor needs a logger
-    trainer = instantiate(
-        cfg.trainer,
-        max_steps=warmup + steps,
-        callbacks=callbacks,
-        logger=loggers,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-    )
+    trainer = bench_trainer(cfg, warmup + steps, configured_callbacks(cfg, bool(loggers)) + [clock], loggers)
     trainer.fit(model, datamodule=dm)
-    return clock.ends[-1] - clock.ends[warmup - 1]
+    return [b - a for a, b in zip(clock.ends[warmup - 1 : -1], clock.ends[warmup:])]
 
 
-def plain_steps(cfg, dm, state, steps: int, warmup: int) -> float:
-    """The same work in a plain loop: index the in-memory tensors, forward, loss, backward, step."""
+def plain_steps(cfg, dm, state, steps: int, warmup: int) -> list[float]:
+    """The same work in a plain loop (index the in-memory tensors, forward, loss, backward, step):
+    the seconds of each step after ``warmup``."""
     model = build_module(cfg, dm)
     model.load_state_dict(state)
     net, loss_fn = model.net, model.loss
@@ -111,17 +121,16 @@ def plain_steps(cfg, dm, state, steps: int, warmup: int) -> float:
     part, targets = dm.train_set, dm.train_set.targets
     bs = int(cfg.data.batch_size)
     gen = torch.Generator().manual_seed(0)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
+    ends = [time.perf_counter()]  # ends[i]: when step i - 1 ended (ends[0]: the start)
+    for _ in range(warmup + steps):
         idx = torch.randint(len(targets), (bs,), generator=gen)
         x, y = part.float_images(idx), targets[idx]  # uint8 as stored → float, per batch
         loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return time.perf_counter() - t0
+        ends.append(time.perf_counter())
+    return [b - a for a, b in zip(ends[warmup:-1], ends[warmup + 1 :])]
 
 
 def bench(name: str, experiment: str, args, variants: bool) -> list[tuple]:
@@ -133,22 +142,21 @@ def bench(name: str, experiment: str, args, variants: bool) -> list[tuple]:
     state = copy.deepcopy(build_module(cfg, dm).state_dict())
     kinds = [("lightning", {}), ("plain", None)]
     if variants:
-        kinds += [("lightning, no logger", {"logger": False}), ("lightning, no self.log/metric", {"quiet": True})]
-    totals = {k: 0.0 for k, _ in kinds}
+        kinds += [("lightning, no logger", {"logger": False}), ("lightning, bare training_step", {"quiet": True})]
+    times: dict[str, list[float]] = {k: [] for k, _ in kinds}  # every timed step's seconds
     for _ in range(args.rounds):
         for k, kw in kinds:
             if kw is None:
-                totals[k] += plain_steps(cfg, dm, state, args.steps, args.warmup)
+                times[k] += plain_steps(cfg, dm, state, args.steps, args.warmup)
             else:
-                totals[k] += lightning_steps(cfg, dm, state, args.steps, args.warmup, **kw)
-    n = args.steps * args.rounds
+                times[k] += lightning_steps(cfg, dm, state, args.steps, args.warmup, **kw)
     bs = int(cfg.data.batch_size)
-    plain_s = totals["plain"] / n
-    rows = []
-    for k, _ in kinds:
-        per = totals[k] / n
-        rows.append((name, k, bs / per, per * 1e6, (per - plain_s) * 1e6, plain_s / per))
-    return rows
+    mean = {k: statistics.fmean(v) for k, v in times.items()}
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return [
+        (name, k, bs / mean[k], mean[k] * 1e6, median[k] * 1e6, mean["plain"] / mean[k], median["plain"] / median[k])
+        for k, _ in kinds
+    ]
 
 
 def seed_beginner_run(args) -> tuple[float, float]:
@@ -175,7 +183,7 @@ def seed_beginner_run(args) -> tuple[float, float]:
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     state = build_module(cfg, dm).state_dict()
-    plain_s = plain_steps(cfg, dm, state, int(cfg.trainer.max_steps), 0)
+    plain_s = sum(plain_steps(cfg, dm, state, int(cfg.trainer.max_steps), 0))
     return lightning_s, plain_s
 
 
@@ -208,9 +216,11 @@ def main(argv=None) -> None:
         f"\nLightning vs plain PyTorch, batch 50, {args.threads} thread(s), {args.rounds} alternating rounds "
         f"× {args.steps} timed steps (after {args.warmup} warm-up) per side"
     )
-    print(f"{'model':12s} {'loop':32s} {'images/s':>10s} {'µs/step':>10s} {'overhead µs':>12s} {'vs plain':>9s}")
-    for name, k, ips, us, over, ratio in rows:
-        print(f"{name:12s} {k:32s} {ips:10.0f} {us:10.0f} {over:12.0f} {ratio:8.3f}×")
+    print("(mean: all timed steps, what a run takes; median: a typical step, less moved by other work)")
+    head = ("images/s", "mean µs", "median µs", "vs plain (mean)", "(median)")
+    print(f"{'model':12s} {'loop':30s} " + " ".join(f"{h:>10s}" for h in head[:3]) + f" {head[3]:>16s} {head[4]:>9s}")
+    for name, k, ips, mean_us, median_us, ratio, median_ratio in rows:
+        print(f"{name:12s} {k:30s} {ips:10.0f} {mean_us:10.0f} {median_us:10.0f} {ratio:15.3f}× {median_ratio:8.3f}×")
     if not args.no_seed_beginner:
         lightning_s, plain_s = seed_beginner_run(args)
         print(

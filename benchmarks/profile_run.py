@@ -27,13 +27,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import CONFIG_DIR, register_resolvers
+from benchmarks.lightning_overhead import bench_trainer, compose_cfg, configured_callbacks
 from maist.run import build_module
-
-CONF = CONFIG_DIR
 
 
 class Timers:
@@ -96,7 +93,6 @@ class StepHooks(L.Callback):
     def __init__(self, timers: Timers, warmup: int):
         self.t, self.warmup = timers, warmup
         self.t0 = self.t1 = None
-        self.wrapped = False
 
     def on_train_start(self, trainer, pl_module):
         for opt in trainer.optimizers:
@@ -134,18 +130,8 @@ def profile(cfg, steps: int, warmup: int) -> tuple[dict, float, int]:
     t.wrap(model, "training_step", "training_step (all)")
     t.wrap(model, "log", "self.log")
     hooks = StepHooks(t, warmup)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c and "_target_" in c] + [hooks]
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else False
-    trainer = instantiate(
-        cfg.trainer,
-        max_steps=warmup + steps,
-        callbacks=callbacks,
-        logger=loggers,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = bench_trainer(cfg, warmup + steps, configured_callbacks(cfg, bool(loggers)) + [hooks], loggers)
     loader = TimedLoader(dm.train_dataloader(), t, lambda batch: dm.on_after_batch_transfer(batch, 0))
     trainer.fit(model, train_dataloaders=loader)
     return dict(t.total), hooks.t1 - hooks.t0, int(cfg.data.batch_size)
@@ -169,21 +155,8 @@ def main(argv=None) -> None:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    register_resolvers()
     out = tempfile.mkdtemp(prefix="maist-profile-")
-    ov = [
-        f"experiment={args.experiment}",
-        f"data.cache_dir={args.cache_dir}",
-        f"paths.output_dir={out}",
-        "~callbacks.feature_maps",
-        "~callbacks.model_checkpoint",
-        "~callbacks.last_checkpoint",
-        *args.overrides,
-    ]
-    if args.root:
-        ov.append(f"data.root={args.root}")
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=ov)
+    cfg = compose_cfg(args.experiment, args.root, args.cache_dir, out, args.overrides)
     threads = args.threads or cfg.get("torch_threads") or torch.get_num_threads()
     torch.set_num_threads(int(threads))
 

@@ -12,10 +12,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from maist.analysis import analyse_test
 from maist.callbacks.checkpoints import LastCheckpoint
+from maist.callbacks.progress import TimedProgressBar
 from maist.checkpoint import build_module as checkpoint_module
 from maist.checkpoint import check_resumable, data_spec, read_checkpoint
 from maist.distributed import launch_ranks_as_this_job, one_job_of_processes
@@ -71,6 +74,40 @@ def _read_given_checkpoint(cfg: DictConfig) -> dict | None:
     return ckpt
 
 
+class _NoContext:
+    __slots__ = ()
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class QuietProfiler(PassThroughProfiler):
+    """Lightning's default profiler, minus its cost: ``profile()`` returns one shared no-op context
+    where the default enters a fresh generator-based context manager, ~35 times a training step."""
+
+    _context = _NoContext()
+
+    def profile(self, action_name: str):
+        return self._context
+
+
+def make_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` (``kwargs`` override its keys). Without a configured
+    ``trainer.profiler``, it has :class:`QuietProfiler`; with the progress bar on and no progress
+    bar among the callbacks, a :class:`~maist.callbacks.progress.TimedProgressBar`."""
+    if cfg.trainer.get("profiler") is None:
+        kwargs.setdefault("profiler", QuietProfiler())
+    callbacks = list(kwargs.get("callbacks") or [])
+    if kwargs.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)) and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        kwargs["callbacks"] = [*callbacks, TimedProgressBar()]
+    return instantiate(cfg.trainer, **kwargs)
+
+
 def build_module(cfg: DictConfig, datamodule) -> MaistModule:
     return instantiate(
         cfg.model,
@@ -106,7 +143,7 @@ def _run(cfg: DictConfig) -> dict:
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
     loggers = _instantiate_all(cfg.get("logger"))
     launch_ranks_as_this_job()  # before the Trainer: its launcher restarts this job for the other ranks
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg))
+    trainer = make_trainer(cfg, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg))
     if trainer.global_rank > 0:  # the other ranks compute; rank zero alone reports
         logging.getLogger("maist").setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=trainer.is_global_zero)

@@ -12,6 +12,9 @@ from maist.run import METRICS_FILE
 
 
 class SweepSummary(Callback):
+    """Collects each job's overrides and folder; when the multirun ends, prints one line per job
+    (what it varied, its result) from its ``metrics.json``. Takes no arguments."""
+
     def __init__(self):
         self.jobs: list[tuple[list[str], Path]] = []
 

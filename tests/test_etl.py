@@ -21,7 +21,7 @@ from maist.data.etl import (
     RECORD_SIZE,
     EtlFormatError,
     first_occurrences,
-    has_etl9g_layout,
+    g_type_content,
     list_sources,
     pack_records,
     read_etl8g,
@@ -652,11 +652,11 @@ def test_real_handwriting_laid_out_as_etl9g_is_recognised(etl_dev):
     for name in ("etl8b2-46", "etl4c-46"):
         for path in sorted(etl_dev_set(etl_dev, name).glob("ETL8G_*")):
             raw = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_SIZE)
-            assert not has_etl9g_layout(raw)
+            assert g_type_content(raw) != ETL9G.name
             moved = np.zeros_like(raw)
             moved[:, :30] = raw[:, :30]
             moved[:, ETL9G.image_offset : ETL9G.image_end] = raw[:, ETL8G.image_offset : ETL8G.image_end]
-            assert has_etl9g_layout(moved)
+            assert g_type_content(moved) == ETL9G.name
 
 
 # ---------------------------------------------------------------- corrupt compressed member

@@ -77,18 +77,55 @@ def test_summed_loss_is_batch_times_mean():
         _module("max")
 
 
+def _plain_types(value, where="hparams"):
+    """Every (path, type) in a nested value that is not a plain Python container or scalar."""
+    if type(value) is dict:
+        return [bad for k, v in value.items() for bad in _plain_types(v, f"{where}.{k}")]
+    if type(value) is list:
+        return [bad for i, v in enumerate(value) for bad in _plain_types(v, f"{where}[{i}]")]
+    return [] if value is None or type(value) in (str, int, float, bool) else [(where, type(value).__name__)]
+
+
 def test_hyperparameters_are_plain_and_rebuild_the_model(tmp_path):
+    """Hydra hands the module OmegaConf nodes; what it saves must be plain dicts and lists (a
+    checkpoint is read with weights_only=True) and rebuild the same model, optimizer and schedule."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"net": {"_target_": "maist.models.LinearSoftmax", "num_classes": 3, "image_size": 4}})
-    m = MaistModule(
-        net=cfg.net,
-        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
-        classes=OmegaConf.create(["あ", "い", "う"]),
-        preprocess={"image_size": 4},
+    from maist.checkpoint import load_module
+
+    cfg = OmegaConf.create(
+        {
+            "net": {"_target_": "maist.models.ModernCNN", "num_classes": 3, "image_size": 12, "channels": [4, 8]},
+            "optimizer": {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 1e-4},
+            "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 5, "interval": "step"},
+            "augment": {"_target_": "maist.augment.BatchAffine", "rotate": 10, "scale": [0.9, 1.1]},
+            "classes": ["あ", "い", "う"],
+            "preprocess": {"image_size": 12, "contrast": "stretch"},
+        }
     )
-    assert type(m.hparams.net) is dict and type(m.hparams.classes) is list
-    assert m.classes == ["あ", "い", "う"]
+    torch.manual_seed(0)
+    m = MaistModule(**cfg, loss_reduction="mean", label_smoothing=0.1, class_set="hiragana71", seed=3)
+    assert _plain_types(dict(m.hparams)) == []
+    assert m.hparams.net["channels"] == [4, 8] and m.classes == ["あ", "い", "う"]
+    with torch.no_grad():  # weights unlike a fresh initialisation's, so loading them is what is tested
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
+    rebuilt, ckpt = load_module(path)  # torch.load(weights_only=True): plain values only
+    assert ckpt["hyper_parameters"] == dict(m.hparams)
+    assert dict(rebuilt.hparams) == dict(m.hparams)
+    assert str(rebuilt.net) == str(m.net) and type(rebuilt.augment) is type(m.augment)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in rebuilt.state_dict().items())
+    x = torch.rand(4, 1, 12, 12)
+    assert torch.equal(rebuilt(x), m.eval()(x))
+    opt, rebuilt_opt = m.configure_optimizers(), rebuilt.configure_optimizers()
+    assert type(rebuilt_opt["optimizer"]) is torch.optim.AdamW
+    assert rebuilt_opt["optimizer"].defaults == opt["optimizer"].defaults
+    assert type(rebuilt_opt["lr_scheduler"]["scheduler"]) is torch.optim.lr_scheduler.StepLR
+    assert rebuilt_opt["lr_scheduler"]["interval"] == "step"
 
 
 def test_modern_ensemble_averages_its_members_log_probabilities():

@@ -51,7 +51,7 @@ def test_seed_changes_the_batches_and_split_seed_only_the_split(hiragana_folder,
 
     writers0, seed0 = first_batches(seed=0, split_seed=0)
     writers1, seed1 = first_batches(seed=1, split_seed=0)
-    writers_s, split1 = first_batches(seed=0, split_seed=1)
+    writers_s, _ = first_batches(seed=0, split_seed=1)
     assert torch.equal(writers0, writers1)  # seed leaves the split alone …
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(seed0, seed1))  # … and changes the batches
     assert not torch.equal(writers0, writers_s)  # split_seed changes the split

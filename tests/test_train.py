@@ -169,3 +169,47 @@ def test_sweep_reports_a_failing_job_and_runs_the_others(tmp_path):
     assert "test/acc" in good and "failed" not in good
     assert "unknown class set 'no_such_set'" in bad["failed"]
     assert "sweep summary" in proc.stdout and "FAILED" in proc.stdout
+
+
+def test_the_trainer_profiles_nothing_unless_a_profiler_is_configured(tmp_path):
+    from lightning.pytorch.profilers import SimpleProfiler
+    from omegaconf import OmegaConf
+
+    from maist.run import QuietProfiler, make_trainer
+
+    cfg = OmegaConf.create(
+        {"trainer": {"_target_": "lightning.Trainer", "accelerator": "cpu", "default_root_dir": str(tmp_path)}}
+    )
+    trainer = make_trainer(cfg, logger=False, enable_progress_bar=False)
+    assert isinstance(trainer.profiler, QuietProfiler)
+    with trainer.profiler.profile("[Callback]x.on_train_batch_start"):  # what Lightning does ~35 times a step
+        pass
+    assert trainer.profiler.summary() == ""
+    cfg.trainer.profiler = "simple"  # +trainer.profiler=simple on the command line
+    assert isinstance(make_trainer(cfg, logger=False).profiler, SimpleProfiler)
+
+
+def test_the_progress_bar_is_redrawn_at_most_every_interval(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from omegaconf import OmegaConf
+
+    from maist.callbacks.progress import TimedProgressBar
+    from maist.run import make_trainer
+
+    drawn = []
+    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", lambda self, *a: drawn.append(a[-1]))
+    bar = TimedProgressBar(interval=3600)
+    bar.train_progress_bar = SimpleNamespace(total=10)
+    for batch_idx in range(10):
+        bar.on_train_batch_end(None, None, None, None, batch_idx)
+    assert drawn == [0, 9]  # the first step, then nothing until the epoch's last
+
+    cfg = OmegaConf.create(
+        {"trainer": {"_target_": "lightning.Trainer", "accelerator": "cpu", "default_root_dir": str(tmp_path)}}
+    )
+    assert isinstance(make_trainer(cfg, logger=False).progress_bar_callback, TimedProgressBar)
+    assert make_trainer(cfg, logger=False, enable_progress_bar=False).progress_bar_callback is None
+    mine = TQDMProgressBar(refresh_rate=5)  # a configured bar is kept
+    assert make_trainer(cfg, logger=False, callbacks=[mine]).progress_bar_callback is mine

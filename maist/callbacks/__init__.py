@@ -1,1 +1,1 @@
-"""Callbacks: step schedules, the divergence guard, and the article's figures."""
+"""Callbacks: step schedules, the divergence guard, checkpoints, weight averaging and the article's figures."""

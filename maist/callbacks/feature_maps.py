@@ -32,6 +32,16 @@ NET_FIGURES = {"filters": "filters/conv1", "weights": "weights/fc"}
 
 
 class FeatureMapFigures(L.Callback):
+    """Draws the first-layer filters and the feature maps of a few characters (rank zero only).
+
+    Args:
+        chars: the characters whose maps are drawn, each from its first example in ``split``; those
+            the data lacks are skipped (none present: the first five classes instead).
+        every_n_steps: also draw every this many steps (``None``: at step 0 and at the end only).
+        dirpath: the folder of the PNGs (default: ``figures/`` in the trainer's root folder).
+        split: the part of the data the examples come from (``val``, ``train`` or ``test``).
+    """
+
     def __init__(
         self, chars=DEFAULT_CHARS, every_n_steps: int | None = None, dirpath: str | None = None, split: str = "val"
     ):

@@ -202,10 +202,8 @@ def layout_of_name(name: str) -> Layout | None:
 RECORD_SIZE = ETL8G.record_size
 IMAGE_HEIGHT, IMAGE_WIDTH = ETL8G.height, ETL8G.width
 LEVELS = 16  # 4 bits per pixel: 0 = paper, 15 = darkest ink
-HEADER_SIZE = 30  # bytes 1–30: the fields every G-type record (ETL8G, ETL9G) starts with
 _PACKED = ETL8G.image_bytes  # 8,128 bytes, two pixels per byte
 RECORD_DTYPE = record_dtype(ETL8G)
-FILE_NAME = ETL8G.file_name
 assert RECORD_DTYPE.itemsize == RECORD_SIZE == record_dtype(ETL9G).itemsize
 
 
@@ -434,11 +432,6 @@ def g_type_content(raw: np.ndarray) -> str | None:
     if top and not bottom:
         return ETL8G.name
     return None
-
-
-def has_etl9g_layout(raw: np.ndarray) -> bool:
-    """Whether records (N, 8199 bytes) keep their image 4 bytes later, as ETL9G does."""
-    return g_type_content(raw) == ETL9G.name
 
 
 def _bad_codes(layout: Layout, recs: np.ndarray) -> np.ndarray:

@@ -24,6 +24,21 @@ def init_like_tensorflow(module: nn.Module, std: float, bias: float) -> None:
 
 
 class DeepMnistCNN(nn.Module):
+    """The article's CNN: two conv-ReLU-pool blocks, a hidden fully connected layer, dropout, logits.
+
+    Args:
+        num_classes: outputs (the class set's size).
+        image_size: side of the square input (pooling is TensorFlow's SAME: 28 → 14 → 7).
+        filters: channels of the two convolutions (the article: 32, 64; ``[1, 64]`` its one-filter remark).
+        kernel_size: side of both convolution kernels (odd: SAME padding).
+        hidden: width of the fully connected layer (the article: 1024).
+        pool: ``max`` (the article's) or ``avg``.
+        keep_prob: dropout keep probability in training (a schedule may change ``self.keep_prob``).
+        init: ``tensorflow`` (truncated normal weights, constant biases, as the article) or ``pytorch``.
+        init_std: standard deviation of the TensorFlow initialisation's weights.
+        init_bias: the TensorFlow initialisation's bias value.
+    """
+
     def __init__(
         self,
         num_classes: int = 71,

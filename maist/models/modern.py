@@ -12,7 +12,17 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 class ModernCNN(nn.Module):
     """Stages of ``convs_per_stage`` conv-BN-ReLU blocks, each stage but the last followed by a
-    2×2 max-pool; then global average pooling, dropout and one linear layer."""
+    2×2 max-pool; then global average pooling, dropout and one linear layer.
+
+    Args:
+        num_classes: outputs (the class set's size).
+        image_size: side of the square input; unused (the global pooling takes any size), accepted so
+            that every net takes the same config keys.
+        channels: channels of each stage; one stage per entry.
+        convs_per_stage: 3×3 conv-BN-ReLU blocks per stage.
+        dropout: dropout probability before the linear layer.
+        channels_last: run the convolutions on NHWC activations (faster on CPUs with oneDNN).
+    """
 
     def __init__(
         self,
@@ -49,7 +59,12 @@ class ModernEnsemble(nn.Module):
     """``members`` ModernCNNs (each its own initialisation and dropout), trained together on the
     same batches, read as one network: the output is the mean of the members' log-probabilities
     (the log of their normalised geometric mean), in training too, so the module's loss is the
-    ensemble's. Every keyword but ``members`` is a :class:`ModernCNN`'s."""
+    ensemble's.
+
+    Args:
+        members: how many networks.
+        **net: the keywords of each :class:`ModernCNN` (``num_classes``, ``channels``, …).
+    """
 
     def __init__(self, members: int = 3, **net):
         super().__init__()
