@@ -11,6 +11,9 @@ the whole test set once and writes
   each;
 - ``figures/misclassified.png``: a gallery of misclassified test images, "true→pred";
 - ``figures/worst_writers.png``: the errors of the writers with the lowest accuracy;
+- ``figures/voiced.png`` (when the class set has voiced kana): per family of a kana and its
+  voiced forms (か/が, は/ば/ぱ, …), the confusion among its plain, dakuten (゛) and handakuten (゜)
+  forms, so errors of the marks alone stand out;
 - ``report.md``: accuracy, the most confused pairs, the worst classes and writers, links to the
   figures;
 
@@ -21,6 +24,7 @@ and returns a summary dict (also JSON-friendly) for ``metrics.json``.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,9 @@ READABLE_CLASSES = 100
 WORST_CLASSES = 8  # rows of the worst classes' gallery (and of its table in the report)
 ERRORS_PER_CLASS = 8  # misclassified images shown per worst class
 HISTOGRAM_BINS = 20
+VOICED_MARKS = ("\u3099", "\u309a")  # combining dakuten ゛ and handakuten ゜ (Unicode decomposition)
+VOICED_CELL = 26  # pixels per cell of the voiced families' small matrices
+VOICED_COLUMNS = 5  # families per row of figures/voiced.png
 
 
 @torch.no_grad()
@@ -100,6 +107,47 @@ def confused_pairs(cm: np.ndarray, classes, top: int = 10) -> list[dict]:
             }
         )
     return out
+
+
+def voiced_families(classes) -> list[list[int]]:
+    """The classes that differ by a voiced mark only: for each kana with a dakuten or handakuten
+    form among ``classes``, the indices of its plain, dakuten and handakuten forms present, in
+    that order (か/が, は/ば/ぱ, う/ゔ, …; katakana too), in class order. Empty when no class is
+    a voiced form."""
+    index = {c: i for i, c in enumerate(classes)}
+    families: dict[str, list] = {}
+    for c in classes:
+        parts = unicodedata.normalize("NFD", c)
+        if len(parts) == 2 and parts[1] in VOICED_MARKS:
+            families.setdefault(parts[0], [None, None, None])[1 + VOICED_MARKS.index(parts[1])] = index[c]
+    for base, members in families.items():
+        members[0] = index.get(base)
+    out = [[i for i in members if i is not None] for members in families.values()]
+    return sorted((f for f in out if len(f) > 1), key=min)
+
+
+def voiced_confusions(cm: np.ndarray, classes) -> list[dict]:
+    """Per family of :func:`voiced_families`: its classes and the confusion matrix among them
+    (rows true, columns predicted; predictions outside the family are not counted), and the
+    family's test images read as another form of it (``mark_errors``) of ``n`` in all."""
+    out = []
+    for family in voiced_families(classes):
+        sub = cm[np.ix_(family, family)]
+        out.append(
+            {
+                "classes": [classes[i] for i in family],
+                "counts": sub.tolist(),
+                "n": int(cm[family].sum()),
+                "mark_errors": int(sub.sum() - np.trace(sub)),
+            }
+        )
+    return out
+
+
+def _voiced_figure(voiced: list[dict]) -> np.ndarray:
+    """The families' small confusion matrices (rows normalised), in rows of ``VOICED_COLUMNS``."""
+    tiles = [viz.confusion_image(np.array(f["counts"]), f["classes"], cell=VOICED_CELL) for f in voiced]
+    return viz.image_grid(tiles, VOICED_COLUMNS)
 
 
 def class_accuracy(cm: np.ndarray, classes) -> list[dict]:
@@ -222,6 +270,7 @@ def analyse_test(
     by_class = class_accuracy(cm, classes)
     by_writer = writer_accuracy(part.writers.cpu().numpy(), targets.numpy(), preds.numpy(), classes)
     acc = float((preds == targets).float().mean()) if n else float("nan")
+    voiced = voiced_confusions(cm, classes)
 
     # ---- figures
     images = {}
@@ -238,6 +287,8 @@ def analyse_test(
         worst = [r for r in by_class[:WORST_CLASSES] if r["acc"] < 1.0]
         if (figure := _worst_classes_figure(part, targets, preds, worst, classes)) is not None:
             images["test/worst_classes"] = figure
+    if voiced:
+        images["test/voiced"] = _voiced_figure(voiced)
     if len(wrong):
         sel = wrong[:max_gallery]
         images["test/misclassified"] = viz.gallery(
@@ -272,6 +323,7 @@ def analyse_test(
         "writer_acc_min": min(accs) if accs else None,
         "writer_acc_mean": round(float(np.mean(accs)), 4) if accs else None,
         "worst_writers": [{k: r[k] for k in ("writer", "n", "acc", "errors")} for r in by_writer[:worst_writers]],
+        "voiced": voiced,
         "figures": files,
         "report": str(out_dir / REPORT),
     }
@@ -283,6 +335,14 @@ def analyse_test(
         f"- writers: {len(accs)}; accuracy per writer: min {summary['writer_acc_min']}, "
         f"mean {summary['writer_acc_mean']}",
     ]
+    if voiced:
+        v_n, v_err = sum(f["n"] for f in voiced), sum(f["mark_errors"] for f in voiced)
+        worst = max(voiced, key=lambda f: f["mark_errors"])  # the first family on a tie
+        most = f" (most: {'/'.join(worst['classes'])}, {worst['mark_errors']})" if v_err else ""
+        lines.append(
+            f"- voiced marks: {v_err} of {v_n} test images of the {len(voiced)} voiced families read as another "
+            f"form of their family{most}: [figures/voiced.png]({FIGURES}/voiced.png)"
+        )
     for k, v in (metrics or {}).items():
         if isinstance(v, (int, float, str)) and not k.startswith("test_per_class"):
             lines.append(f"- {k}: {v}")

@@ -12,7 +12,8 @@ looks like *before* the training preprocessing, in explicit steps:
    strokes drop out and uneven light stays) is subtracted, then ink stretched to 1;
 4. noise: a 3×3 mean, then everything below half the Otsu threshold is set to paper;
 5. specks removed (blobs with under 1 % of the ink, or under 5 % and away from the rest), then
-   cropped to the ink (a bounding box that ignores the outermost 0.3 % of ink mass per side);
+   cropped to the ink: :func:`maist.data.preprocess.ink_box`, the box the training images' ink
+   ratio is measured by (``Part.ink_ratio``), so the framing follows training's;
 6. padded to a square frame around the ink's centre, the ink's longer side taking
    :data:`INK_FRAME_RATIO` of the frame, as in ETL8G-like training data, and resized to the
    ETL frame size (:data:`FRAME_SIZE`).
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from maist.data.preprocess import Preprocess
+from maist.data.preprocess import Preprocess, ink_box
 
 __all__ = [
     "INK_FRAME_RATIO",
@@ -78,7 +79,6 @@ WORK_MAX_SIDE = 1024  # larger pictures are shrunk to this before the analysis
 BORDER_FRACTION = 0.05  # width of the border strip that tells the background's shade
 MIN_INK_CONTRAST = 0.08  # ink must differ from the paper by this much (of full scale)
 MIN_INK_FRACTION = 2e-4  # and cover at least this fraction of the picture
-BBOX_TRIM = 0.003  # fraction of ink mass ignored on each side of the bounding box
 SPECK_FRACTION = 0.01  # blobs with less of the ink than this are dust (a dakuten dot has ≥ 3 %)
 BODY_FRACTION = 0.05  # blobs with at least this much of the ink make the character's body …
 NEAR_FRACTION = 0.15  # … and smaller blobs further than this (of its size) from it are dust
@@ -285,14 +285,6 @@ def otsu_threshold(x: torch.Tensor, bins: int = 256) -> float:
     return float(centres[int(between.argmax())])
 
 
-def _extent(mass: torch.Tensor, trim: float) -> tuple[int, int]:
-    c = mass.cumsum(0)
-    total = float(c[-1])
-    lo = int(torch.searchsorted(c, torch.tensor(total * trim, dtype=c.dtype)))
-    hi = int(torch.searchsorted(c, torch.tensor(total * (1 - trim), dtype=c.dtype)))
-    return lo, max(lo, min(hi, len(mass) - 1))
-
-
 def drop_specks(
     x: torch.Tensor, ink: torch.Tensor, min_fraction: float = SPECK_FRACTION, grid: int = 96
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,14 +321,6 @@ def drop_specks(
         drop |= (ids != 0) & ~big & ~touches
     gone = drop[full]
     return torch.where(gone, torch.zeros_like(x), x), ink & ~gone
-
-
-def ink_bbox(ink: torch.Tensor, trim: float = BBOX_TRIM) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right), inclusive, of a bright-ink image, ignoring ``trim`` of the
-    ink mass on each side."""
-    y0, y1 = _extent(ink.sum(1).double(), trim)
-    x0, x1 = _extent(ink.sum(0).double(), trim)
-    return y0, y1, x0, x1
 
 
 def frame_ink(x: torch.Tensor, bbox, ink_ratio: float = INK_FRAME_RATIO, size: int = FRAME_SIZE) -> torch.Tensor:
@@ -378,8 +362,8 @@ def normalize_ink(img, ink_ratio: float = INK_FRAME_RATIO, name: str = "image") 
     ink = x >= t
     if float(ink.float().mean()) < MIN_INK_FRACTION or int(ink.sum()) < 4:
         raise NoInkError(f"{name}: no ink found (only a few specks)")
-    x, ink = drop_specks(x, ink)
-    return frame_ink(x, ink_bbox(torch.where(ink, x, torch.zeros_like(x))), ink_ratio).numpy()
+    x, _ = drop_specks(x, ink)
+    return frame_ink(x, [int(v) for v in ink_box(x[None])], ink_ratio).numpy()
 
 
 def to_model_input(

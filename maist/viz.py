@@ -562,3 +562,20 @@ def stack_rows(images: Sequence[np.ndarray], pad: int = 6) -> np.ndarray:
         out[y : y + im.shape[0], : im.shape[1]] = im if im.ndim == 3 else im[..., None]
         y += im.shape[0] + pad
     return out
+
+
+def image_grid(images: Sequence[np.ndarray], ncols: int, pad: int = 10) -> np.ndarray:
+    """RGB images in rows of ``ncols``, each top-left in its cell, ``pad`` white pixels apart."""
+    if not images:
+        raise ValueError("no images to lay out")
+    rows = [images[i : i + ncols] for i in range(0, len(images), ncols)]
+    cell_w = max(im.shape[1] for im in images)
+    lines = []
+    for row in rows:
+        h = max(im.shape[0] for im in row)
+        line = np.full((h, len(row) * cell_w + pad * (len(row) - 1), 3), 255, np.uint8)
+        for k, im in enumerate(row):
+            x = k * (cell_w + pad)
+            line[: im.shape[0], x : x + im.shape[1]] = im if im.ndim == 3 else im[..., None]
+        lines.append(line)
+    return stack_rows(lines, pad)

@@ -21,6 +21,8 @@ from maist.analysis import (
     confused_pairs,
     confusion_matrix,
     predict,
+    voiced_confusions,
+    voiced_families,
 )
 from maist.data.datamodule import Part
 from maist.data.kana import class_set
@@ -112,11 +114,16 @@ def test_analyse_test_counts_pairs_writers_and_files(fake, tmp_path):
 
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| は | ば | 3 |" in report and "11" in report and "test/acc" in report
-    for name in ("confusion", "misclassified", "worst_writers"):
+    for name in ("confusion", "misclassified", "worst_writers", "voiced"):
         png = tmp_path / "figures" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"figures/{name}.png" in report
-    assert set(logger.experiment.images) == {"test/confusion", "test/misclassified", "test/worst_writers"}
+    assert set(logger.experiment.images) == {
+        "test/confusion",
+        "test/misclassified",
+        "test/worst_writers",
+        "test/voiced",
+    }
     assert all(fmt in ("HWC", "HW") for _, fmt in logger.experiment.images.values())
     assert Path(summary["report"]) == tmp_path / "report.md"
 
@@ -129,7 +136,8 @@ def test_confusion_png_is_71_by_71_cells(fake, tmp_path, monkeypatch):
     real = viz.confusion_image
 
     def spy(cm, classes=None, **kw):
-        seen["cm"], seen["classes"] = np.asarray(cm), list(classes)
+        if len(classes) == C:  # the whole matrix, not a voiced family's
+            seen["cm"], seen["classes"] = np.asarray(cm), list(classes)
         return real(cm, classes, **kw)
 
     monkeypatch.setattr(viz, "confusion_image", spy)
@@ -233,3 +241,63 @@ def test_many_classes_get_a_histogram_and_the_worst_classes(tmp_path, monkeypatc
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| k9 | 10 | 10.0% | k109 |" in report and "figures/class_accuracy.png" in report
     assert "- classes: 12 of 150 in the test set" in report
+
+
+# ---------------------------------------------------------------- voiced marks
+def test_voiced_families_come_from_the_class_set():
+    fams = voiced_families(CLASSES)
+    named = ["".join(CLASSES[i] for i in f) for f in fams]
+    assert len(fams) == 20 and named[0] == "かが" and "はばぱ" in named and "ほぼぽ" in named
+    assert sum(len(f) - 1 for f in fams) == 25  # every voiced form of hiragana71, once
+    assert voiced_families(list("ぱあは")) == [[2, 0]]  # plain first, then dakuten, handakuten
+    assert voiced_families(list("あヴゔうウ")) == [[4, 1], [3, 2]]  # ゔ and ヴ are voiced forms too
+    assert voiced_families(list("あいう")) == [] and voiced_families(BIG) == []
+
+
+def test_voiced_confusions_of_a_known_table():
+    """は→ば 3, ぱ→ば 1 (the fake's table), and は→あ once, which leaves the family and is not a
+    mark error."""
+    t = [r[1] for r in ROWS] + [HA]
+    p = [r[2] for r in ROWS] + [A]
+    fams = {"/".join(f["classes"]): f for f in voiced_confusions(confusion_matrix(t, p, C), CLASSES)}
+    ha = fams["は/ば/ぱ"]
+    assert ha["counts"] == [[3, 3, 0], [0, 4, 0], [0, 1, 3]]
+    assert ha["mark_errors"] == 4 and ha["n"] == 15
+    assert fams["か/が"] == {"classes": ["か", "が"], "counts": [[0, 0], [0, 0]], "n": 0, "mark_errors": 0}
+    assert sum(f["mark_errors"] for f in fams.values()) == 4
+
+
+def test_the_voiced_figure_and_report_line(fake, tmp_path, monkeypatch):
+    model, dm = fake
+    seen = []
+    real = viz.confusion_image
+
+    def spy(cm, classes=None, **kw):
+        seen.append((np.asarray(cm).tolist(), list(classes)))
+        return real(cm, classes, **kw)
+
+    monkeypatch.setattr(viz, "confusion_image", spy)
+    summary = analyse_test(model, dm, tmp_path, [])
+    small = [(cm, c) for cm, c in seen if len(c) <= 3]
+    assert len(small) == 20 and (([[3, 3, 0], [0, 4, 0], [0, 1, 3]], ["は", "ば", "ぱ"]) in small)
+    assert sum(f["mark_errors"] for f in summary["voiced"]) == 4
+    png = tmp_path / "figures" / "voiced.png"
+    assert png.is_file() and summary["figures"]["voiced"] == str(png)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert (
+        "- voiced marks: 4 of 14 test images of the 20 voiced families read as another form of their family" in report
+    )
+    assert "(most: は/ば/ぱ, 4)" in report
+
+
+def test_no_voiced_figure_without_voiced_classes(tmp_path):
+    classes = [c for c in CLASSES if c not in "がぎぐげござじずぜぞだぢづでどばびぶべぼぱぴぷぺぽ"]
+    targets = torch.tensor([0, 1, 2])
+    dm = SimpleNamespace(
+        classes=classes,
+        test_set=Part(answer_store(torch.tensor([0, 2, 2]), side=8), targets, torch.tensor([1, 1, 2])),
+        hparams=SimpleNamespace(eval_batch_size=1000),
+    )
+    summary = analyse_test(ReadsItsAnswer(len(classes)), dm, tmp_path, [])
+    assert summary["voiced"] == [] and not (tmp_path / "figures" / "voiced.png").exists()
+    assert "voiced" not in (tmp_path / "report.md").read_text(encoding="utf-8")

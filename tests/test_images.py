@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from test_predict import held_out, paper_picture, sample_records, tiny_predictor
 
-from maist.data.preprocess import Preprocess, etl_levels_to_float
+from maist.data.preprocess import Preprocess, etl_levels_to_float, ink_box
 from maist.images import (
     FRAME_SIZE,
     INK_FRAME_RATIO,
@@ -63,6 +63,22 @@ def test_normalize_frames_the_ink_like_a_record():
     assert (y0 + y1) / 2 == pytest.approx(FRAME_SIZE / 2, abs=3) and (x0 + x1) / 2 == pytest.approx(
         FRAME_SIZE / 2, abs=3
     )
+
+
+@pytest.mark.parametrize("ratio", [0.5, INK_FRAME_RATIO, 0.86])
+def test_the_framing_follows_the_training_images_ink_ratio(ratio):
+    """A picture is framed by the box the training images' ink ratio is measured by
+    (``Part.ink_ratio``, both :func:`ink_box`): measured back on the framed picture, and on the
+    network input of a checkpoint that does not crop, it is the ratio asked for."""
+    from maist.data.datamodule import Part
+
+    pic = paper_picture(held_out("あ"))
+    x = torch.from_numpy(normalize_ink(pic, ratio))
+    top, bottom, left, right = (int(v) for v in ink_box(x[None]))
+    assert max(bottom - top, right - left) + 1 == pytest.approx(ratio * FRAME_SIZE, abs=2.5)  # resampling blurs a pixel
+    images = to_model_input(pic, {"image_size": 28}, ratio)  # resized only: the frame is kept
+    part = Part((255 * images).round().to(torch.uint8), torch.zeros(1, dtype=torch.long), torch.zeros(1))
+    assert part.ink_ratio() == pytest.approx(ratio, abs=1.5 / 28)
 
 
 def test_polarity_does_not_matter():

@@ -2,7 +2,7 @@
 
 import torch
 
-from maist.data.preprocess import Preprocess, despeckle, mass_bounds
+from maist.data.preprocess import INK_LEVEL, INK_TRIM, Preprocess, despeckle, ink_box, mass_bounds
 
 
 def blob_with_speck():
@@ -31,3 +31,26 @@ def test_crop_with_mass_ignores_a_far_speck():
     assert out[2:26, 2:26].min() > 0.99
     loose = Preprocess(image_size=28, contrast="none", crop=True, margin=0.0)(blob_with_speck())[0]
     assert (loose > 0.5).float().mean() < 0.2
+
+
+def test_ink_box_exact_pixels():
+    x = torch.zeros(3, 20, 30)
+    x[0, 4:9, 10:22] = 1.0  # a 5 × 12 block
+    x[1] = x[0]
+    x[1, 2, 3:25] = INK_LEVEL  # a faint line at the level: not ink
+    x[1, 15, 27] = 0.9  # a stray pixel: 0.9 of 60.9 is 1.5% of the ink mass
+    # image 2 has no ink: a one-pixel box at the last row and column
+    assert [v.tolist() for v in ink_box(x, trim=0.0)] == [[4, 4, 19], [8, 15, 19], [10, 10, 29], [21, 27, 29]]
+    assert [v.tolist() for v in ink_box(x, trim=0.02)] == [[4, 4, 19], [8, 8, 19], [10, 10, 29], [21, 21, 29]]
+    assert [v.tolist() for v in ink_box(x, trim=0.0, level=0.0)][0] == [4, 2, 19]  # every value counts
+    assert INK_TRIM < 0.015  # the default trim keeps a pixel of 1.5% of the ink
+
+
+def test_the_training_crop_is_the_ink_box_at_its_settings():
+    """One definition: the crop box is ink_box at the config's crop_mass, of the thresholded image."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 40, 36, generator=g) ** 4
+    pre = Preprocess(image_size=28, crop=True, crop_mass=0.01, threshold=0.35, despeckle=3)
+    thresholded = torch.where(x < 0.35, torch.zeros_like(x), x)
+    for mine, theirs in zip(pre.crop_boxes(thresholded), ink_box(thresholded, 0.01, level=0.0)):
+        assert torch.equal(mine, theirs)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from maist.data.dataset import PIXEL_MAX, EtlHiragana, to_float
+from maist.data.dataset import EtlHiragana, to_float
 from maist.data.kana import class_set as get_class_set
-from maist.data.preprocess import Preprocess
+from maist.data.preprocess import INK_LEVEL, Preprocess, ink_box
 from maist.data.split import SPLIT_MODES, make_split
 from maist.distributed import per_rank_batch, shard, world
 from maist.errors import ConfigError
@@ -349,30 +349,24 @@ class Part:
             store[chunk] = self.images(chunk).to(device)
         return Part(store, self.targets.to(device), self.writers)
 
-    def ink_ratio(self, level: float = 0.3, sample: int = 20_000, chunk: int = 4096) -> float:
-        """Median over images of the ink's bounding box (its longer side) over the frame side:
-        how much of the frame a character fills. Prediction frames user pictures the same way.
-        Ink is a value above ``level``; measured on ``sample`` images evenly spread over the part
-        (all of a smaller part), ``chunk`` at a time."""
-        inked = (to_float(torch.arange(PIXEL_MAX + 1, dtype=torch.uint8)) > level).nonzero()
+    def ink_ratio(self, sample: int = 20_000, chunk: int = 4096) -> float:
+        """Median over images of the ink box's longer side over the frame side: how much of the
+        frame a character fills. The box is :func:`~maist.data.preprocess.ink_box`'s, the one
+        prediction frames user pictures by (:func:`maist.images.normalize_ink`). Measured on
+        ``sample`` images evenly spread over the part (all of a smaller part), ``chunk`` at a
+        time; images without ink are left out (1.0 when none has any)."""
         n = len(self)
-        if n == 0 or len(inked) == 0:
+        if n == 0:
             return 1.0
-        first_ink = int(inked[0])  # the smallest stored value that counts as ink
         positions = torch.linspace(0, n - 1, sample).round().long().unique() if n > sample else torch.arange(n)
         size = self.store.shape[-1]
-
-        def extent(mask):  # (k, S) → length of the span of True, 0 where none
-            first = mask.float().argmax(1)
-            last = size - 1 - mask.flip(1).float().argmax(1)
-            return torch.where(mask.any(1), last - first + 1, 0)
-
         sides = []
         for part in positions.split(chunk):
-            ink = self.images(part)[:, 0].cpu() >= first_ink
-            sides.append(torch.maximum(extent(ink.any(2)), extent(ink.any(1))).float() / size)
+            x = self.float_images(part)[:, 0].cpu()
+            top, bottom, left, right = ink_box(x)
+            inked = (x > INK_LEVEL).flatten(1).any(1)
+            sides.append((torch.maximum(bottom - top, right - left) + 1)[inked].float() / size)
         side = torch.cat(sides)
-        side = side[side > 0]
         return float(side.median()) if len(side) else 1.0
 
     def describe(self) -> str:

@@ -13,7 +13,10 @@ Steps, each a config value (``data.preprocess``):
 - ``crop: true`` crops to the ink's bounding box and pads it to a square with ``margin``
   (a fraction of its side) on each side, so size and position no longer vary. The box may
   leave out a fraction ``crop_mass`` of the ink mass at each side (rows and columns
-  separately), so a speck or a stretch of frame far from the character does not widen it.
+  separately), so a speck or a stretch of frame far from the character does not widen it:
+  :func:`ink_box`, the one definition of a character's ink box (prediction frames a picture by
+  it, and the training images' ink ratio is measured by it). That trim also cuts the outer ink
+  of a dakuten or handakuten (top right, where it trims): see ``crop_connect``.
   ``crop_connect`` then grows that box again over the ink connected to what it holds, by at
   most that fraction of the image side: the trimmed ends of the character's own strokes (the
   outer part of a dakuten or handakuten, usually its rightmost and topmost ink) come back,
@@ -33,10 +36,33 @@ import torch.nn.functional as F
 from maist.data.etl import LEVELS
 
 CONTRAST_MODES = ("none", "stretch")
+# A character's ink box (:func:`ink_box`) when it is measured rather than cropped to: on the
+# training images (their ink-to-frame ratio, which a checkpoint records) and on a user's picture
+# (framed to that ratio). Ink is a value above INK_LEVEL (antialiased fringes and faint remains
+# are not), weighted by its value, and the box may leave out INK_TRIM of that mass at each side
+# (a stray pixel does not widen it). Training's own crop uses the same function with its config
+# (``crop_mass``, after ``threshold``).
+INK_LEVEL = 0.3
+INK_TRIM = 0.003
 
 
 @dataclass(frozen=True)
 class Preprocess:
+    """The preprocessing of every path (the steps are in the module doc).
+
+    Args:
+        image_size: side of the square output.
+        contrast: ``none`` (values as given) or ``stretch`` (background removed, ink to 1).
+        threshold: values below it (after stretching) become 0.
+        crop: crop to the ink box and pad it to a square with ``margin``.
+        margin: padding on each side, a fraction of the box's longer side.
+        crop_mass: ink mass the box may leave out at each side (:func:`ink_box`'s ``trim``).
+        despeckle: ink pixels with fewer ink neighbours than this become 0 (0: off).
+        crop_connect: the box grows back over connected ink by at most this fraction of the side.
+        crop_bridge: that growth crosses gaps of up to twice this fraction of the side.
+        ink_percentile: the percentile counted as full ink when stretching.
+    """
+
     image_size: int = 28
     contrast: str = "stretch"
     threshold: float = 0.0
@@ -84,8 +110,7 @@ class Preprocess:
     def crop_boxes(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(N, H, W) images after threshold and despeckle → (top, bottom, left, right), inclusive,
         of the crop (each (N,) long)."""
-        top, bottom = mass_bounds(x.sum(2), self.crop_mass)
-        left, right = mass_bounds(x.sum(1), self.crop_mass)
+        top, bottom, left, right = ink_box(x, self.crop_mass, level=0.0)
         if self.crop_connect > 0 and self.crop_mass > 0:
             steps = max(1, math.ceil(self.crop_connect * max(x.shape[-2:])))
             bridge = math.ceil(self.crop_bridge * max(x.shape[-2:]))
@@ -157,6 +182,26 @@ def grow_box(ink: torch.Tensor, top, bottom, left, right, steps: int, bridge: in
         torch.minimum(left, first(xs, cols)),
         torch.maximum(right, last(xs, cols)),
     )
+
+
+def ink_box(x: torch.Tensor, trim: float = INK_TRIM, level: float = INK_LEVEL) -> tuple[torch.Tensor, ...]:
+    """A character's ink box, the one definition (training's crop, the training images' ink ratio
+    and prediction's framing of a picture all use it).
+
+    Args:
+        x: (N, H, W) ink-bright images in [0, 1].
+        trim: the fraction of the ink mass the box may leave out at each side, rows and columns
+            separately (0: every ink pixel).
+        level: ink is what lies above it, weighted by its value (0: every value counts).
+
+    Returns:
+        (top, bottom, left, right), inclusive, each (N,) long. An image without ink gets its last
+        row and column (a box of one pixel).
+    """
+    mass = x if level <= 0 else torch.where(x > level, x, torch.zeros_like(x))
+    top, bottom = mass_bounds(mass.sum(2), trim)
+    left, right = mass_bounds(mass.sum(1), trim)
+    return top, bottom, left, right
 
 
 def mass_bounds(profile: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
