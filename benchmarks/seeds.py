@@ -9,13 +9,15 @@ Cases (``../shared/data/etl-dev/``, never copied into the project):
   ``etl4c-46`` (120 other writers, another scanner).
 
 Each run is ``python train.py experiment=… seed=…`` in a fresh process, one after the other, in a
-temporary folder; printed: per-seed test accuracy and training seconds, then mean ± std.
+temporary folder; printed: per-seed test accuracy, training seconds and the 1-minute load average
+at the end of the run (the machine may be shared: timings mean little without it), then mean ± std.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,13 +53,17 @@ def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -
     return json.loads((out / "metrics.json").read_text())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    # key=value arguments are train.py overrides wherever they stand (after --seeds too)
+    extra = [a for a in argv if "=" in a and not a.startswith("-")]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="best")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("overrides", nargs="*", help="more train.py overrides, the same for every run")
-    args = ap.parse_args()
+    args = ap.parse_args([a for a in argv if a not in extra])
+    args.overrides = extra + args.overrides
     if not ETL_DEV.is_dir():
         raise SystemExit(f"{ETL_DEV}: the internal data is not here")
     with tempfile.TemporaryDirectory(prefix="maist-seeds-") as tmp:  # nothing derived from ETL outlives it
@@ -69,7 +75,7 @@ def main() -> None:
                 print(
                     f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "
                     f"val/acc_best {100 * m.get('val/acc_best', float('nan')):.2f}%  "
-                    f"train {m['train_seconds']:.0f} s",
+                    f"train {m['train_seconds']:.0f} s  (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0

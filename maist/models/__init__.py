@@ -3,5 +3,6 @@
 from maist.models.cnn import DeepMnistCNN
 from maist.models.linear import LinearSoftmax
 from maist.models.modern import ModernCNN, ModernEnsemble
+from maist.models.tta import TestTimeAugmented
 
-__all__ = ["DeepMnistCNN", "LinearSoftmax", "ModernCNN", "ModernEnsemble"]
+__all__ = ["DeepMnistCNN", "LinearSoftmax", "ModernCNN", "ModernEnsemble", "TestTimeAugmented"]
