@@ -236,7 +236,6 @@ def test_the_voiced_safe_crop_keeps_every_mark_whole(kind):
     assert float(boxed.min()) == 1.0  # every kept pixel of every mark inside the crop
 
 
-@pytest.mark.xfail(strict=True, reason="the default crop (crop_mass 0.01, no crop_connect) trims the marks' outer ink")
 def test_the_default_crop_keeps_every_mark_whole():
     x, marks = marked("as written")
     _, boxed = mark_survival(default_preprocess(), x, marks)
@@ -244,7 +243,7 @@ def test_the_default_crop_keeps_every_mark_whole():
 
 
 def test_the_trimmed_crop_alone_cuts_marks():
-    """Why the voiced-safe crop: ``crop_mass`` alone (no regrowth, today's default) leaves part of
+    """Why the voiced-safe crop: ``crop_mass`` alone (no regrowth, the earlier default) leaves part of
     nearly every mark outside the box."""
     x, marks = marked("as written")
     _, boxed = mark_survival(default_preprocess(crop_connect=0.0, crop_bridge=0.0), x, marks)
