@@ -35,11 +35,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import CONFIG_DIR, register_resolvers
-from maist.run import _instantiate_all, build_module
+from benchmarks.lightning_overhead import bench_trainer, configured_callbacks
+from benchmarks.lightning_overhead import compose_cfg as overhead_cfg
+from maist.config import register_resolvers
+from maist.run import build_module
 
 RECIPES = {"article CNN": "seed_stepped_dropout", "best": "best"}
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -67,35 +68,14 @@ class SyncClock(L.Callback):
 
 
 def compose_cfg(experiment: str, root: str | None, out: str, extra=()) -> object:
-    overrides = [
-        f"experiment={experiment}",
-        "trainer=gpu",
-        f"paths.output_dir={out}",
-        "data.cache_dir=false",
-        "~callbacks.feature_maps",
-        "~callbacks.model_checkpoint",
-        "~callbacks.last_checkpoint",
-        "~callbacks.lr_monitor",
-        *([f"data.root={root}"] if root else []),
-        *extra,
-    ]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    """``benchmarks.lightning_overhead``'s benchmark config, on ``trainer=gpu`` and without a cache."""
+    return overhead_cfg(experiment, root, "false", out, ["trainer=gpu", *extra])
 
 
 def lightning_rate(cfg, dm, steps: int, warmup: int) -> float:
     model = build_module(cfg, dm)
     clock = SyncClock(warmup)
-    trainer = instantiate(
-        cfg.trainer,
-        max_steps=warmup + steps,
-        callbacks=_instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule")) + [clock],
-        logger=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = bench_trainer(cfg, warmup + steps, configured_callbacks(cfg, logger=False) + [clock], logger=False)
     trainer.fit(model, datamodule=dm)
     return steps * int(cfg.data.batch_size) / (clock.t1 - clock.t0)
 

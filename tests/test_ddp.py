@@ -151,11 +151,9 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-@pytest.mark.slow
-def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path):
-    proc = train(
-        "-m",
-        "trainer=ddp_cpu",
+def sweep_of_two(tmp_path) -> list[str]:
+    """A short 2-job sweep (two schedules of the linear model) into ``tmp_path / 'sweep'``."""
+    return [
         "model=linear",
         "schedule=constant,stepped",
         "trainer.max_steps=20",
@@ -163,6 +161,15 @@ def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path):
         f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "~callbacks.feature_maps",
+    ]
+
+
+@pytest.mark.slow
+def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path):
+    proc = train(
+        "-m",
+        "trainer=ddp_cpu",
+        *sweep_of_two(tmp_path),
     )
     out = proc.stdout + proc.stderr
     assert out.count("MEMBER: 1/2") == 2 and out.count("MEMBER: 2/2") == 2  # two jobs, two ranks each
@@ -178,13 +185,7 @@ def test_a_submitit_local_sweep_runs_both_jobs(tmp_path):
     proc = train(
         "-m",
         "hydra/launcher=submitit_local",
-        "model=linear",
-        "schedule=constant,stepped",
-        "trainer.max_steps=20",
-        "trainer.val_check_interval=10",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "~callbacks.feature_maps",
+        *sweep_of_two(tmp_path),
     )
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2 and all("test/acc" in metrics(job) for job in jobs)
