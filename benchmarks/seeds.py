@@ -32,25 +32,28 @@ CASES = {
 }
 
 
-def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
-    out = folder / f"{case}-{seed}"
+def train_run(out: Path, cache_dir: Path, overrides: list[str]) -> dict:
+    """``python train.py`` with ``overrides`` in a fresh process, into ``out``, without progress bar,
+    test analysis or feature-map figures: its ``metrics.json``. A failed run exits with its stderr."""
     cmd = [
         sys.executable,
         "train.py",
-        f"experiment={experiment}",
-        f"seed={seed}",
-        *CASES[case],
+        *overrides,
         f"hydra.run.dir={out}",
-        f"data.cache_dir={folder / 'cache'}",
+        f"data.cache_dir={cache_dir}",
         "trainer.enable_progress_bar=false",
         "analyse_test=false",
         "~callbacks.feature_maps",
-        *extra,
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads((out / "metrics.json").read_text())
+
+
+def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
+    overrides = [f"experiment={experiment}", f"seed={seed}", *CASES[case], *extra]
+    return train_run(folder / f"{case}-{seed}", folder / "cache", overrides)
 
 
 def main(argv: list[str] | None = None) -> None:

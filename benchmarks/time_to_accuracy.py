@@ -4,12 +4,13 @@
 
 Both runs are built from the project's Hydra configs (``experiment=seed_stepped_dropout`` and
 ``experiment=best``, with their model, optimizer, schedule callbacks, augmentation, batch size and
-preprocessing) and trained by a Lightning ``Trainer`` made from ``conf/trainer``, on the same data
+preprocessing) and trained by the ``Trainer`` that ``train.py`` makes (``maist.run.make_trainer``,
+through :mod:`benchmarks.lightning_overhead`'s helpers), on the same data
 and the same writer-disjoint split (``data.split_by=writer``: the article's config says random,
 which would put test writers into training). Differences from a plain ``train.py`` run, the same
 for both: no validation and no checkpoints (they are not training), no logger, the feature-map
-callback and the LR monitor off. A callback evaluates test accuracy every ``--every`` fraction of the run; the clock
-stops while it does, so the curves show training time only.
+callback and the LR monitor off. A callback evaluates test accuracy ``--points`` times in the run;
+the clock stops while it does, so the curves show training time only.
 
 ``--article-steps`` cuts the article's 20,000 steps to fit the time (its rate and dropout tables
 are keyed by step, so a cut run follows the same schedule up to that step); the output says so.
@@ -28,13 +29,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import CONFIG_DIR, register_resolvers
-from maist.run import _instantiate_all, build_module
+from benchmarks.lightning_overhead import bench_trainer, compose_cfg, configured_callbacks
+from maist.config import register_resolvers
+from maist.run import build_module
 
-CONF = CONFIG_DIR
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "etl-dev" / "etl8b2-46"
 
 
@@ -71,23 +71,6 @@ class AccuracyClock(L.Callback):
         self.paused += time.perf_counter() - now
 
 
-def compose_cfg(experiment: str, root: str, cache_dir: str, out: str, extra=()) -> object:
-    overrides = [
-        f"experiment={experiment}",
-        f"data.root={root}",
-        "data.split_by=writer",
-        f"data.cache_dir={cache_dir}",
-        f"paths.output_dir={out}",
-        "~callbacks.feature_maps",
-        "~callbacks.model_checkpoint",
-        "~callbacks.last_checkpoint",
-        "~callbacks.lr_monitor",
-        *extra,
-    ]
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def train_curve(cfg, points: int) -> tuple[list, dict]:
     L.seed_everything(int(cfg.seed), workers=False)
     dm = instantiate(cfg.data, _convert_="all")
@@ -95,16 +78,8 @@ def train_curve(cfg, points: int) -> tuple[list, dict]:
     model = build_module(cfg, dm)
     steps = int(cfg.trainer.max_steps)
     clock = AccuracyClock(dm.test_set.float_images(), dm.test_set.targets, steps // points)
-    callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule")) + [clock]
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    callbacks = configured_callbacks(cfg, logger=False) + [clock]
+    trainer = bench_trainer(cfg, steps, callbacks, logger=False)
     trainer.fit(model, datamodule=dm)
     info = {
         "steps": steps,
@@ -145,7 +120,8 @@ def main(argv=None) -> None:
     art_extra = [f"trainer.max_steps={args.article_steps}"] if args.article_steps else []
     best_extra = [f"trainer.max_steps={args.best_steps}"] if args.best_steps else []
     for name, exp, extra in (("article", args.article, art_extra), ("best", args.best, best_extra)):
-        cfg = compose_cfg(exp, args.root, args.cache_dir, f"{out}/{name}", extra)
+        # the writer-disjoint split whatever the experiment says; no LR monitor (no logger)
+        cfg = compose_cfg(exp, args.root, args.cache_dir, f"{out}/{name}", ["data.split_by=writer", *extra])
         curve, info = train_curve(cfg, args.points)
         runs[name] = (exp, curve, info)
 

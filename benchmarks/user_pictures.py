@@ -40,10 +40,7 @@ median stroke width of the network input (pixels at the input size) against the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -52,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-ETL_DEV = REPO.parent / "shared" / "data" / "etl-dev"
+from benchmarks.seeds import ETL_DEV, train_run
+
 PENS = {  # name: (canvas height, canvas width, pen width as a share of the character's height)
     "fine": (83, 84, 0.025),
     "hairline": (400, 400, 0.01),
@@ -144,23 +141,8 @@ def scan_picture(levels: np.ndarray, max_level: int) -> np.ndarray:
 # ---------------------------------------------------------------------- the model
 def train_checkpoint(folder: Path, train: str, experiment: str, seed: int, extra: list[str]) -> Path:
     out = folder / f"run-{train}"
-    cmd = [
-        sys.executable,
-        "train.py",
-        f"experiment={experiment}",
-        f"seed={seed}",
-        f"data.root={ETL_DEV / SETS[train]}",
-        f"hydra.run.dir={out}",
-        f"data.cache_dir={folder / 'cache'}",
-        "trainer.enable_progress_bar=false",
-        "analyse_test=false",
-        "~callbacks.feature_maps",
-        *extra,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    m = json.loads((out / "metrics.json").read_text())
+    overrides = [f"experiment={experiment}", f"seed={seed}", f"data.root={ETL_DEV / SETS[train]}", *extra]
+    m = train_run(out, folder / "cache", overrides)
     print(
         f"trained {experiment} seed {seed} on {SETS[train]} writers: test/acc {100 * m['test/acc']:.2f}% "
         f"in {m['train_seconds']:.0f} s",
