@@ -164,3 +164,28 @@ def test_resuming_another_model_fails_before_the_data_is_decoded(tmp_path):
     assert proc.returncode == 2
     assert "but this run configures maist.models.LinearSoftmax" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "cache").exists()
+
+
+def test_last_checkpoint_every_n_steps_saves_at_its_multiples_and_at_the_end(tmp_path):
+    """A run without validation (experiment=best_accuracy) still keeps its last.ckpt current: saved
+    at steps 4 and 8 of 10, then at the end, each step once; off by default."""
+    from types import SimpleNamespace
+
+    from maist.callbacks.checkpoints import LastCheckpoint
+
+    def fit(callback: LastCheckpoint, steps: int) -> list[int]:
+        saved = []
+        trainer = SimpleNamespace(sanity_checking=False, global_step=0)
+        trainer.save_checkpoint = lambda path: saved.append(trainer.global_step)
+        for step in range(1, steps + 1):
+            trainer.global_step = step
+            callback.on_train_batch_end(trainer, None, None, None, step - 1)
+        callback.on_train_end(trainer, None)
+        return saved
+
+    assert fit(LastCheckpoint(str(tmp_path), every_n_steps=4), 10) == [4, 8, 10]
+    assert fit(LastCheckpoint(str(tmp_path), every_n_steps=4), 8) == [4, 8]  # the end is step 8: once
+    assert fit(LastCheckpoint(str(tmp_path)), 10) == [10]
+    for bad in (0, -5, True):
+        with pytest.raises(ValueError, match="every_n_steps"):
+            LastCheckpoint(str(tmp_path), every_n_steps=bad)

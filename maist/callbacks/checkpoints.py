@@ -32,15 +32,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(L.Callback):
-    """Writes ``dirpath/filename`` after every validation during fitting and at the end of fit.
+    """Writes ``dirpath/filename`` after every validation during fitting, every ``every_n_steps``
+    training steps if set, and at the end of fit.
 
     Args:
         dirpath: the run's checkpoint folder.
         filename: the file's name.
+        every_n_steps: also save at every multiple of this global step (``None``: only after
+            validations and at the end); for runs without validation, which would otherwise lose
+            everything when killed.
     """
 
-    def __init__(self, dirpath: str, filename: str = "last.ckpt"):
+    def __init__(self, dirpath: str, filename: str = "last.ckpt", every_n_steps: int | None = None):
+        if every_n_steps is not None and (isinstance(every_n_steps, bool) or int(every_n_steps) <= 0):
+            raise ValueError(f"every_n_steps must be a positive number of steps or None, got {every_n_steps!r}")
         self.path = Path(dirpath) / filename
+        self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         self._saved_step: int | None = None
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -51,6 +58,10 @@ class LastCheckpoint(L.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":
+            self._save(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
