@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                 accs.append(100 * m["test/acc"])
                 print(
                     f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "
-                    f"val/acc_best {100 * m.get('val/acc_best', float('nan')):.2f}%  "
-                    f"train {m['train_seconds']:.0f} s  (load {os.getloadavg()[0]:.1f})",
+                    + (f"val/acc_best {100 * m['val/acc_best']:.2f}%  " if "val/acc_best" in m else "no validation  ")
+                    + f"train {m['train_seconds']:.0f} s  (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
