@@ -595,6 +595,17 @@ def test_writer_split_is_deterministic_by_seed():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+def test_writer_split_without_validation_trains_on_its_writers_and_keeps_the_test_writers():
+    """val_fraction 0 (experiment=best_accuracy): the validation writers join training, and the
+    test writers are the same as with validation, so the two test figures compare."""
+    writers = writer_fixture()
+    train, val, test = split_by_writer(writers, (0.1, 0.2), seed=3)
+    train0, val0, test0 = split_by_writer(writers, (0.0, 0.2), seed=3)
+    assert len(val0) == 0 and len(val) > 0
+    np.testing.assert_array_equal(test0, test)
+    np.testing.assert_array_equal(train0, np.sort(np.concatenate([train, val])))
+
+
 def test_writer_split_needs_enough_writers():
     with pytest.raises(ValueError, match="writers"):
         split_by_writer(np.array([1, 1, 2, 2]), (0.5, 0.5), seed=0)
