@@ -34,16 +34,17 @@ CASES = {
 
 def train_run(out: Path, cache_dir: Path, overrides: list[str]) -> dict:
     """``python train.py`` with ``overrides`` in a fresh process, into ``out``, without progress bar,
-    test analysis or feature-map figures: its ``metrics.json``. A failed run exits with its stderr."""
+    test analysis or feature-map figures (``overrides`` come last and may change those): its
+    ``metrics.json``. A failed run exits with its stderr."""
     cmd = [
         sys.executable,
         "train.py",
-        *overrides,
         f"hydra.run.dir={out}",
         f"data.cache_dir={cache_dir}",
         "trainer.enable_progress_bar=false",
         "analyse_test=false",
         "~callbacks.feature_maps",
+        *overrides,
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
@@ -52,28 +53,34 @@ def train_run(out: Path, cache_dir: Path, overrides: list[str]) -> dict:
 
 
 def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
+    """One seed of ``experiment`` on ``case`` in ``folder/<case>-<seed>`` (its ``metrics.json``;
+    ``output_dir`` names the run folder, checkpoints and config included)."""
     overrides = [f"experiment={experiment}", f"seed={seed}", *CASES[case], *extra]
     return train_run(folder / f"{case}-{seed}", folder / "cache", overrides)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_with_overrides(ap: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """``ap``'s arguments and the train.py overrides: every ``key=value`` (or ``~key``) argument,
+    wherever it stands (after ``--seeds`` too). Exits when the internal data is not there."""
     argv = sys.argv[1:] if argv is None else argv
-    # key=value arguments are train.py overrides wherever they stand (after --seeds too)
-    extra = [a for a in argv if "=" in a and not a.startswith("-")]
+    overrides = [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")]
+    args = ap.parse_args([a for a in argv if a not in overrides])
+    if not ETL_DEV.is_dir():
+        raise SystemExit(f"{ETL_DEV}: the internal data is not here")
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="best")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    ap.add_argument("overrides", nargs="*", help="more train.py overrides, the same for every run")
-    args = ap.parse_args([a for a in argv if a not in extra])
-    args.overrides = extra + args.overrides
-    if not ETL_DEV.is_dir():
-        raise SystemExit(f"{ETL_DEV}: the internal data is not here")
+    args, overrides = parse_with_overrides(ap, argv)
     with tempfile.TemporaryDirectory(prefix="maist-seeds-") as tmp:  # nothing derived from ETL outlives it
         for case in args.cases:
             accs = []
             for seed in args.seeds:
-                m = run(args.experiment, case, seed, Path(tmp), args.overrides)
+                m = run(args.experiment, case, seed, Path(tmp), overrides)
                 accs.append(100 * m["test/acc"])
                 print(
                     f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "

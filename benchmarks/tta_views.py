@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from benchmarks.seeds import CASES, ETL_DEV, train_run
+from benchmarks.seeds import CASES, parse_with_overrides, run
 from maist.checkpoint import load_module
 from maist.config import register_resolvers
 from maist.models.tta import TestTimeAugmented, apply_view, check_view
@@ -80,16 +79,12 @@ def errors(probs: dict, targets: torch.Tensor, views: list[dict]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = [a for a in argv if "=" in a and not a.startswith("-")]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="best")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--case", default="writers", choices=list(CASES))
     ap.add_argument("--top", type=int, default=20, help="rows printed (the configured set and the image alone always)")
-    args = ap.parse_args([a for a in argv if a not in extra])
-    if not ETL_DEV.is_dir():
-        raise SystemExit(f"{ETL_DEV}: the internal data is not here")
+    args, overrides = parse_with_overrides(ap, argv)
     register_resolvers()
     torch.set_num_threads(1)
     sets = view_sets()
@@ -97,12 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     results, configured = [], None
     with tempfile.TemporaryDirectory(prefix="maist-views-") as tmp:  # nothing derived from ETL outlives it
         for seed in args.seeds:
-            run = Path(tmp) / f"{args.case}-{seed}"
-            overrides = [f"experiment={args.experiment}", f"seed={seed}", *CASES[args.case], *extra]
-            m = train_run(run, Path(tmp) / "cache", overrides)
+            m = run(args.experiment, args.case, seed, Path(tmp), overrides)
+            folder = Path(m["output_dir"])
             print(f"seed {seed}: test/acc {100 * m['test/acc']:.2f}% with the configured views", flush=True)
-            configured = [dict(v) for v in OmegaConf.load(run / ".hydra" / "config.yaml").model.net.views]
-            results.append(view_probs(run, every_view + configured))
+            configured = [dict(v) for v in OmegaConf.load(folder / ".hydra" / "config.yaml").model.net.views]
+            results.append(view_probs(folder, every_view + configured))
     n = {part: len(results[0][part][1]) for part in ("val", "test")}
     if not any({key(v) for v in views} == {key(v) for v in configured} for views in sets.values()):
         sets = {"configured": configured, **sets}
