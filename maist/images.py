@@ -285,6 +285,19 @@ def otsu_threshold(x: torch.Tensor, bins: int = 256) -> float:
     return float(centres[int(between.argmax())])
 
 
+def label_components(mask: torch.Tensor, max_iter: int | None = None) -> torch.Tensor:
+    """(N, H, W) bool → float labels of its 8-connected components, 0 on the background: each
+    component carries the largest of its pixels' running numbers (so labels are unique across the
+    batch), spread by repeated 3×3 max-pooling until nothing changes or ``max_iter`` rounds."""
+    labels = torch.arange(1, mask.numel() + 1, dtype=torch.float32).reshape(mask.shape) * mask
+    for _ in range(max_iter or mask.numel()):
+        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels
+
+
 def drop_specks(
     x: torch.Tensor, ink: torch.Tensor, min_fraction: float = SPECK_FRACTION, grid: int = 96
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,12 +310,7 @@ def drop_specks(
     mask = F.adaptive_max_pool2d(ink[None, None].float(), size)[0, 0] > 0
     if not mask.any():
         return x, ink
-    labels = torch.where(mask, torch.arange(1, mask.numel() + 1, dtype=torch.float32).reshape(size), torch.zeros(size))
-    for _ in range(4 * sum(size)):  # spread the largest label through each blob
-        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
-        if torch.equal(grown, labels):
-            break
-        labels = grown
+    labels = label_components(mask[None], max_iter=4 * sum(size))[0]
     ids, inverse = torch.unique(labels, return_inverse=True)
     full = F.interpolate(inverse[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
     mass = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, full.flatten(), (x * ink).flatten().double())

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from maist.augment import dilate, erode
 from maist.data.etl import read_etl8g
 from maist.data.kana import HIRAGANA71, jis_to_char
 from maist.data.preprocess import Preprocess, despeckle, etl_levels_to_float, stretch_contrast
 from maist.data.sample import SAMPLE_ZIP
+from maist.images import label_components
 
 DATA_CONFIG = Path(__file__).resolve().parents[1] / "maist" / "conf" / "data" / "etl.yaml"
 VOICED = [c for c in HIRAGANA71 if len(unicodedata.normalize("NFD", c)) == 2]  # が … ぽ (ゔ: not in ETL)
@@ -59,12 +61,7 @@ def components(mask: torch.Tensor) -> torch.Tensor:
     the batch; found on a 2×2 max-pooled copy (fast), so ink one pixel apart counts as touching."""
     n, h, w = mask.shape
     small = F.max_pool2d(mask[:, None].float(), 2, ceil_mode=True)[:, 0] > 0
-    labels = torch.arange(1, small.numel() + 1, dtype=torch.float32).reshape(small.shape) * small
-    while True:
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * small
-        if torch.equal(grown, labels):
-            break
-        labels = grown
+    labels = label_components(small)
     full = labels.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :h, :w]
     return (full * mask).long()
 
@@ -114,11 +111,11 @@ def _box(mask: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def _dilate(m: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(m[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+    return dilate(m[:, None].float())[:, 0] > 0
 
 
 def _erode(m: torch.Tensor) -> torch.Tensor:
-    return ~_dilate(~m)
+    return erode(m[:, None].float())[:, 0] > 0
 
 
 def variant(x: torch.Tensor, marks: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
