@@ -1,4 +1,4 @@
-"""Train and test one model: `python train.py model=cnn schedule=stepped` (configs: maist/conf/)."""
+"""Train and test one model: `python train.py model=cnn schedule=stepped` (configs: conf/)."""
 
 from maist.train import main
 

@@ -22,7 +22,7 @@ Against the per-record loader of published code, timed in this process on ``--ba
 files and scaled linearly: ``struct.unpack`` of each 8,199-byte record, ``PIL.Image.frombytes``
 (4-bit), a PIL resize to the target size and a float32 array per record. The ratio printed is
 the cold build's records per second over the loader's (the build also removes the background,
-thresholds, despeckles and crops: ``--preprocess config`` is ``maist/conf/data/etl.yaml``'s, ``plain``
+thresholds, despeckles and crops: ``--preprocess config`` is ``conf/data/etl.yaml``'s, ``plain``
 only stretches the contrast and resizes); the build's decoding alone (read, check, unpack, look
 for copies, file by file) is timed on the same files too. The temporary folder is deleted at the
 end.

@@ -8,7 +8,7 @@ For each recipe (``experiment=seed_stepped_dropout``, the article's CNN with its
 schedule, and ``experiment=best``, with its augmentation and one-cycle rate) the benchmark builds the
 data module and the model from the Hydra configs with ``trainer=gpu`` and measures:
 
-- ``lightning``: ``Trainer.fit`` from ``maist/conf/trainer/gpu.yaml`` (images on the device, batches
+- ``lightning``: ``Trainer.fit`` from ``conf/trainer/gpu.yaml`` (images on the device, batches
   indexed there, the schedule callbacks, no logger, no validation, no checkpoints);
 - ``plain``: the same network, optimizer, loss, augmentation and batch size in a bare loop over
   the same device tensors (``torch.autocast`` for bf16).

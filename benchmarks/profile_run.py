@@ -3,7 +3,7 @@ backward, optimizer, logger writes, and the rest of Lightning's loop.
 
     python -m benchmarks.profile_run [--experiment best] [--root DIR] [--steps 200] [--quick] [overrides…]
 
-Builds the run from the project's Hydra configs (``maist/conf/train.yaml`` + ``experiment=…`` +
+Builds the run from the project's Hydra configs (``conf/train.yaml`` + ``experiment=…`` +
 any extra ``key=value`` overrides), runs ``Trainer.fit`` for ``--steps`` steps with the
 configured logger (into a temporary folder) and no validation, and times each part with hooks:
 

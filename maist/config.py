@@ -1,13 +1,17 @@
-"""Where the Hydra configs live (inside the package, so an installed wheel trains without a source
-checkout), and the OmegaConf resolvers they use."""
+"""Where the Hydra configs live, and the OmegaConf resolvers they use.
 
+The configs are the top-level ``conf/`` folder of a checkout; installed (``pip install .``) the
+same files are the package ``maist.conf`` (pyproject.toml maps one onto the other), so an
+installed wheel trains without a checkout."""
+
+from importlib.resources import files
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from maist.data.kana import class_set
 
-CONFIG_DIR = Path(__file__).with_name("conf")
+CONFIG_DIR = Path(str(files("maist.conf")))
 
 
 def register_resolvers() -> None:

@@ -1,19 +1,19 @@
 """Train and test one model: ``maist-train model=cnn schedule=stepped`` (or ``python train.py …``
-in a checkout); the configs are ``maist/conf``."""
+in a checkout); the configs are ``conf/``."""
 
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from maist.config import register_resolvers
+from maist.config import CONFIG_DIR, register_resolvers
 from maist.errors import user_error
 from maist.run import optimized_value, run_or_report
 
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         return optimized_value(cfg, run_or_report(cfg))

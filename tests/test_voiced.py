@@ -40,7 +40,7 @@ FIXED_CROP = {"crop_connect": 0.05, "crop_bridge": 0.03}
 
 
 def default_preprocess(**changes) -> Preprocess:
-    """The data config's preprocessing (maist/conf/data/etl.yaml), at 28×28, with ``changes``."""
+    """The data config's preprocessing (conf/data/etl.yaml), at 28×28, with ``changes``."""
     spec = yaml.safe_load(DATA_CONFIG.read_text(encoding="utf-8"))["preprocess"]
     return Preprocess(image_size=28, **{**spec, **changes})
 
