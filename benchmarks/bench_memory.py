@@ -104,16 +104,13 @@ def decode_only(paths: list[Path]) -> int:
 
 
 def preprocess_of(name: str, size: int):
-    from omegaconf import OmegaConf
-
+    """``config``: the project's preprocessing (``Preprocess()``, what train.py builds); ``plain``:
+    contrast stretch and resize only."""
     from maist.data.preprocess import Preprocess
 
     if name == "plain":
-        return Preprocess(image_size=size)
-    from maist.config import CONFIG_DIR
-
-    settings = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "etl.yaml").preprocess)
-    return Preprocess(image_size=size, **settings)
+        return Preprocess(image_size=size, threshold=0.0, despeckle=0, crop=False)
+    return Preprocess(image_size=size)
 
 
 # ---------------------------------------------------------------- the child processes

@@ -39,7 +39,7 @@ from hydra.utils import instantiate
 
 from benchmarks.lightning_overhead import bench_trainer, configured_callbacks
 from benchmarks.lightning_overhead import compose_cfg as overhead_cfg
-from maist.config import register_resolvers
+from maist.config import register_configs
 from maist.run import build_module
 
 RECIPES = {"article CNN": "seed_stepped_dropout", "best": "best"}
@@ -141,7 +141,7 @@ def main(argv=None) -> None:
         sys.exit("gpu_throughput: no CUDA device here (this benchmark measures a GPU)")
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    register_resolvers()
+    register_configs()
     torch.backends.cudnn.benchmark = True
     out = tempfile.mkdtemp(prefix="maist-gpu-")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, lightning {L.__version__}", flush=True)

@@ -36,7 +36,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import CONFIG_DIR, register_resolvers
+from maist.config import CONFIG_DIR, register_configs
 from maist.module import MaistModule
 from maist.run import build_module, make_trainer
 
@@ -66,7 +66,7 @@ class QuietModule(MaistModule):
 
 
 def compose_cfg(experiment: str, root: str | None, cache_dir: str, out: str, extra=()) -> object:
-    register_resolvers()
+    register_configs()
     overrides = [
         f"experiment={experiment}",
         f"data.cache_dir={cache_dir}",

@@ -32,7 +32,7 @@ import torch
 from hydra.utils import instantiate
 
 from benchmarks.lightning_overhead import bench_trainer, compose_cfg, configured_callbacks
-from maist.config import register_resolvers
+from maist.config import register_configs
 from maist.run import build_module
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "etl-dev" / "etl8b2-46"
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
         args.article_steps, args.best_steps, args.points = 600, 150, 6
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    register_resolvers()
+    register_configs()
     torch.set_num_threads(args.threads)
     out = tempfile.mkdtemp(prefix="maist-tta-")
 

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from benchmarks.seeds import CASES, parse_with_overrides, run
 from maist.checkpoint import load_module
-from maist.config import register_resolvers
+from maist.config import register_configs
 from maist.models.tta import TestTimeAugmented, apply_view, check_view
 
 ROTATE = (0, 3, 6, 9)  # degrees: ±r
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--case", default="writers", choices=list(CASES))
     ap.add_argument("--top", type=int, default=20, help="rows printed (the configured set and the image alone always)")
     args, overrides = parse_with_overrides(ap, argv)
-    register_resolvers()
+    register_configs()
     torch.set_num_threads(1)
     sets = view_sets()
     every_view = [v for views in sets.values() for v in views]

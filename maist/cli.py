@@ -66,14 +66,13 @@ def float_option(cfg: dict, key: str, low: float, high: float, optional: bool = 
 
 
 def cli(main_fn: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
-    """Wrap a command's ``main(argv)``: a :class:`~maist.errors.UserError` or an unreadable
-    picture becomes ``error: …`` on stderr and exit code 2."""
-    from maist.images import ImageError
+    """Wrap a command's ``main(argv)``: a :class:`~maist.errors.UserError` (a bad setting, file,
+    checkpoint or picture) becomes ``error: …`` on stderr and exit code 2."""
 
     def run(argv: list[str] | None = None) -> int:
         try:
             return main_fn(sys.argv[1:] if argv is None else list(argv))
-        except (UserError, ImageError) as err:
+        except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from maist.data.preprocess import Preprocess, ink_box
+from maist.errors import UserError
 
 __all__ = [
     "INK_FRAME_RATIO",
@@ -94,7 +95,7 @@ EXIF_ORIENTATION = 0x0112
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """A picture that cannot be read or used; the message names it and says why."""
 
 

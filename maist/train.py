@@ -6,11 +6,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from maist.config import CONFIG_DIR, register_resolvers
+from maist.config import CONFIG_DIR, register_configs
 from maist.errors import user_error
 from maist.run import optimized_value, run_or_report
 
-register_resolvers()
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from maist.config import CONFIG_DIR, register_resolvers
+from maist.config import CONFIG_DIR, register_configs
 from maist.errors import ConfigError
 from maist.run import run
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_run(tmp_path: Path, *overrides: str):
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import CONFIG_DIR, register_resolvers
+from maist.config import CONFIG_DIR, register_configs
 from maist.data.kana import class_set
 from maist.module import MaistModule
 from maist.run import _instantiate_all, _plugins
@@ -23,7 +23,7 @@ def names(group: str) -> list[str]:
 
 
 def compose_cfg(*overrides: str, hydra: bool = False):
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose(
             "train", overrides=["paths.output_dir=/tmp/maist-config-test", *overrides], return_hydra_config=hydra
@@ -91,3 +91,23 @@ def test_the_experiments_restate_the_articles_settings():
     assert (cfg.data.batch_size, cfg.data.image_size, cfg.data.class_set) == (50, 28, "hiragana71")
     assert (cfg.data.sampler, cfg.data.split_by, cfg.model.loss_reduction) == ("with_replacement", "random", "sum")
     assert cfg.trainer.max_steps == 20000
+
+
+def test_python_objects_built_with_no_arguments_are_what_train_py_builds():
+    """One set of defaults: the data config's keys and values are MaistDataModule's and
+    Preprocess's own (maist.config), so a data module, a dataset or a preprocessing made in Python
+    sees the images a train.py run sees."""
+    from maist.data.datamodule import MaistDataModule
+    from maist.data.preprocess import Preprocess
+
+    configured = instantiate(compose_cfg().data, _convert_="all")
+    plain = MaistDataModule()
+    assert dict(plain.hparams) == dict(configured.hparams)
+    assert plain.preprocess == configured.preprocess == Preprocess(image_size=configured.hparams.image_size)
+    # the values a reader of the README expects (the voiced-safe crop of tests/test_voiced.py)
+    assert (Preprocess().threshold, Preprocess().crop, Preprocess().despeckle, Preprocess().margin) == (
+        0.35,
+        True,
+        3,
+        0.08,
+    )

@@ -35,10 +35,11 @@ from maist.data.datamodule import BatchIndexSampler, MaistDataModule, Part
 from maist.data.dataset import EtlHiragana, check_loaded, load_arrays, to_float, to_uint8
 from maist.data.etl import EtlFormatError, pack_records, read_etl8g, write_etl8g
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
-from maist.data.preprocess import Preprocess, etl_levels_to_float
+from maist.data.preprocess import etl_levels_to_float
 from maist.data.split import make_split, split_by_writer, split_random
+from tests.helpers import plain_preprocess
 
-TINY = Preprocess(image_size=8)
+TINY = plain_preprocess(image_size=8)
 KANJI = [0x3021, 0x3022, 0x4E3F]
 
 
@@ -86,19 +87,19 @@ def light_image(background=4, ink=9) -> np.ndarray:
 @pytest.mark.parametrize("size", [8, 28, 64])
 def test_preprocess_shape_and_range(size):
     levels = np.random.default_rng(0).integers(0, 16, size=(5, 127, 128))
-    out = Preprocess(image_size=size)(etl_levels_to_float(levels))
+    out = plain_preprocess(image_size=size)(etl_levels_to_float(levels))
     assert out.shape == (5, size, size) and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
-    one = Preprocess(image_size=size)(etl_levels_to_float(levels[0]))
+    one = plain_preprocess(image_size=size)(etl_levels_to_float(levels[0]))
     assert one.shape == (1, size, size)
     torch.testing.assert_close(one[0], out[0])
 
 
 def test_preprocess_batches_do_not_change_the_result():
     x = etl_levels_to_float(blob_images(7, seed=4))
-    p = Preprocess(image_size=16, crop=True)
+    p = plain_preprocess(image_size=16, crop=True)
     torch.testing.assert_close(p(x, batch=2), p(x))
-    assert Preprocess(image_size=16)(np.zeros((0, 127, 128), np.float32)).shape == (0, 16, 16)
+    assert plain_preprocess(image_size=16)(np.zeros((0, 127, 128), np.float32)).shape == (0, 16, 16)
 
 
 def test_levels_to_float():
@@ -111,19 +112,19 @@ def test_stretch_makes_a_light_scan_dark_exactly():
     img = etl_levels_to_float(light_image())
     ink = light_image() == 9
     # At 128 the only geometric step is padding 127 → 128 rows, so pixels map 1:1 (row + 0).
-    raw = Preprocess(image_size=128, contrast="none")(img)[0][:127]
+    raw = plain_preprocess(image_size=128, contrast="none")(img)[0][:127]
     np.testing.assert_allclose(raw[~ink].numpy(), 4 / 15, atol=1e-6)
     np.testing.assert_allclose(raw[ink].numpy(), 9 / 15, atol=1e-6)
-    out = Preprocess(image_size=128, contrast="stretch")(img)[0][:127]
+    out = plain_preprocess(image_size=128, contrast="stretch")(img)[0][:127]
     assert out[~ink].abs().max() < 1e-6  # paper → 0
     assert (out[ink] > 1 - 1e-6).all()  # pale ink → 1
 
 
 def test_stretch_at_training_size():
-    out = Preprocess(image_size=28, contrast="stretch")(etl_levels_to_float(light_image()))[0]
+    out = plain_preprocess(image_size=28, contrast="stretch")(etl_levels_to_float(light_image()))[0]
     assert out[0:4, 0:4].max() < 0.02  # a corner: paper
     assert out[14, 10] > 0.98  # inside the horizontal bar (rows 60–70 → ~13–15)
-    none = Preprocess(image_size=28, contrast="none")(etl_levels_to_float(light_image()))[0]
+    none = plain_preprocess(image_size=28, contrast="none")(etl_levels_to_float(light_image()))[0]
     assert abs(none[0, 0].item() - 4 / 15) < 0.01 and none.max() < 9 / 15 + 0.01
 
 
@@ -132,8 +133,8 @@ def test_threshold_removes_a_faint_frame():
     img[5, :] = img[-5, :] = 6  # a faint cell frame
     img[:, 5] = img[:, -5] = 6
     x = etl_levels_to_float(img)
-    kept = Preprocess(image_size=128, threshold=0.0)(x)[0][:127]
-    cut = Preprocess(image_size=128, threshold=0.3)(x)[0][:127]
+    kept = plain_preprocess(image_size=128, threshold=0.0)(x)[0][:127]
+    cut = plain_preprocess(image_size=128, threshold=0.3)(x)[0][:127]
     assert abs(kept[5, 64].item() - 0.2) < 1e-5  # (6 - 4) / (14 - 4)
     assert cut[5, 64] == 0 and cut[64, 5] == 0
     assert cut[65, 50] == 1
@@ -142,8 +143,8 @@ def test_threshold_removes_a_faint_frame():
 def test_crop_centres_and_enlarges_a_small_off_centre_blob():
     img = np.zeros((127, 128), np.float32)
     img[5:17, 100:112] = 1.0  # 12 × 12 near the top-right corner
-    plain = Preprocess(image_size=28, contrast="none", crop=False)(img)[0]
-    cropped = Preprocess(image_size=28, contrast="none", crop=True)(img)[0]
+    plain = plain_preprocess(image_size=28, contrast="none", crop=False)(img)[0]
+    cropped = plain_preprocess(image_size=28, contrast="none", crop=True)(img)[0]
 
     def centre(a):
         ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
@@ -162,15 +163,15 @@ def test_crop_centres_and_enlarges_a_small_off_centre_blob():
 
 
 def test_crop_of_an_empty_image_is_empty():
-    out = Preprocess(image_size=12, crop=True)(np.zeros((2, 127, 128), np.float32))
+    out = plain_preprocess(image_size=12, crop=True)(np.zeros((2, 127, 128), np.float32))
     assert out.shape == (2, 12, 12) and out.abs().max() == 0
 
 
 def test_preprocess_rejects_bad_parameters():
     with pytest.raises(ValueError, match="contrast"):
-        Preprocess(contrast="equalize")
+        plain_preprocess(contrast="equalize")
     with pytest.raises(ValueError, match="image_size"):
-        Preprocess(image_size=3)
+        plain_preprocess(image_size=3)
 
 
 # ================================================================ EtlHiragana
@@ -270,10 +271,10 @@ def test_changed_size_misses_and_sees_new_records(hiragana_folder, tmp_path, rea
 @pytest.mark.parametrize(
     "change",
     [
-        {"preprocess": Preprocess(image_size=10)},
-        {"preprocess": Preprocess(image_size=8, threshold=0.2)},
-        {"preprocess": Preprocess(image_size=8, crop=True)},
-        {"preprocess": Preprocess(image_size=8, contrast="none")},
+        {"preprocess": plain_preprocess(image_size=10)},
+        {"preprocess": plain_preprocess(image_size=8, threshold=0.2)},
+        {"preprocess": plain_preprocess(image_size=8, crop=True)},
+        {"preprocess": plain_preprocess(image_size=8, contrast="none")},
         {"class_set": "hiragana75"},
     ],
 )
@@ -865,7 +866,7 @@ def test_etl4c_through_the_dataset(etl4c_writers, scratch_cache):
     """ETL4C's light scans (paper ~4/15, ink ≤ 9/15) come out of preprocessing like dark ones."""
     root, raw = etl4c_writers
     assert np.median(raw.reshape(len(raw), -1), axis=1).min() >= 3  # grey paper going in
-    ds = EtlHiragana(root, preprocess=Preprocess(image_size=28), cache_dir=scratch_cache)
+    ds = EtlHiragana(root, preprocess=plain_preprocess(image_size=28), cache_dir=scratch_cache)
     assert len(ds) == 12 * 49 and ds.skipped == 0
     assert torch.unique(ds.writers).tolist() == list(range(5001, 5013))
     counts = ds.class_counts()
@@ -915,7 +916,7 @@ def test_random_split_puts_no_copy_of_a_training_image_in_test(hiragana_folder, 
     copies, most test images would also be training images."""
     src = hiragana_folder("あいうえおかきくけこ", writers=range(1, 11))  # 50 records a file
     root = _with_a_copy(src["root"], where, tmp_path)
-    arrays = load_arrays(root, "hiragana71", Preprocess(image_size=28), cache_dir=tmp_path / "c")
+    arrays = load_arrays(root, "hiragana71", plain_preprocess(image_size=28), cache_dir=tmp_path / "c")
     rows = [img.tobytes() for img in arrays["images"]]
     assert len(rows) == 100 and int(arrays["duplicates"]) == 50
     assert len(set(rows)) == 100  # the records themselves are all different

@@ -213,9 +213,9 @@ def test_the_slurm_launcher_starts_one_task_per_gpu():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    from maist.config import CONFIG_DIR, register_resolvers
+    from maist.config import CONFIG_DIR, register_configs
 
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",

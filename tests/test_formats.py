@@ -31,12 +31,13 @@ from maist.data.etl import (
     write_etl,
 )
 from maist.data.kana import char_to_jis, class_set, jis_to_char
-from maist.data.preprocess import Preprocess, etl_levels_to_float
+from maist.data.preprocess import etl_levels_to_float
+from tests.helpers import plain_preprocess
 
 B8_STRUCT = ">2H4s504s"  # ETL8B2, 512 bytes (AIST's unpack.py)
 B9_STRUCT = ">2H4s504s64x"  # ETL9B, 576 bytes
 M_STRUCT = ">H2sH6BI4H4B4x2016s4x"  # ETL1/6/7, 2,052 bytes
-TINY = Preprocess(image_size=8)
+TINY = plain_preprocess(image_size=8)
 A, I, U, KA = (char_to_jis(c) for c in "あいうか")
 
 
@@ -357,9 +358,9 @@ def test_binary_images_map_ink_to_one_and_preprocess_any_size():
     x = etl_levels_to_float(first[None], ETL8B2.max_level)
     assert x.max() == 1.0 and x.dtype == np.float32
     assert etl_levels_to_float(np.array([0, 15], np.uint8)).tolist() == [0.0, 1.0]  # default: 4-bit
-    out = Preprocess(image_size=28)(x)
+    out = plain_preprocess(image_size=28)(x)
     assert out.shape == (1, 28, 28) and 0 < float(out.max()) <= 1.0
-    crop = Preprocess(image_size=16, crop=True, threshold=0.3, despeckle=1)(
+    crop = plain_preprocess(image_size=16, crop=True, threshold=0.3, despeckle=1)(
         etl_levels_to_float(blob_images(3)[:, :63, :64], 15)
     )
     assert crop.shape == (3, 16, 16)
@@ -372,7 +373,7 @@ def test_dataset_reads_etl8b2_with_ink_at_one(tmp_path):
     jis = [A, I, char_to_jis("っ"), A, I, 0x3021]
     write_etl(tmp_path / "etl" / "ETL8B2C1", ETL8B2, images, jis, [1, 1, 1, 2, 2, 2])
     ds = EtlHiragana(
-        tmp_path / "etl", "hiragana75", Preprocess(image_size=16, contrast="none"), cache_dir=tmp_path / "c"
+        tmp_path / "etl", "hiragana75", plain_preprocess(image_size=16, contrast="none"), cache_dir=tmp_path / "c"
     )
     assert len(ds) == 5 and ds.skipped == 1 and ds.writers.tolist() == [1, 1, 1, 2, 2]
     assert [ds.classes[t] for t in ds.targets.tolist()] == list("あいっあい")

@@ -22,6 +22,7 @@ from maist.images import (
     normalize_ink,
     to_model_input,
 )
+from tests.helpers import PLAIN, plain_preprocess
 
 
 def _png(array) -> bytes:
@@ -40,7 +41,7 @@ def test_ink_frame_ratio_matches_the_generated_sample():
     """INK_FRAME_RATIO is the ink-bbox-to-frame ratio of ETL8G-like training data (see the
     constant's comment for the measurements); the sample's median stays near it."""
     images, _, _ = sample_records()
-    x = Preprocess(image_size=128)(etl_levels_to_float(images[::6])).numpy()
+    x = plain_preprocess(image_size=128)(etl_levels_to_float(images[::6])).numpy()
     ratios = []
     for img in x:  # the ink's extent from its 0.5th to its 99.5th percentile (noise specks aside)
         ys, xs = np.nonzero(img > 0.3)
@@ -76,7 +77,7 @@ def test_the_framing_follows_the_training_images_ink_ratio(ratio):
     x = torch.from_numpy(normalize_ink(pic, ratio))
     top, bottom, left, right = (int(v) for v in ink_box(x[None]))
     assert max(bottom - top, right - left) + 1 == pytest.approx(ratio * FRAME_SIZE, abs=2.5)  # resampling blurs a pixel
-    images = to_model_input(pic, {"image_size": 28}, ratio)  # resized only: the frame is kept
+    images = to_model_input(pic, {**PLAIN, "image_size": 28}, ratio)  # resized only: the frame is kept
     part = Part((255 * images).round().to(torch.uint8), torch.zeros(1, dtype=torch.long), torch.zeros(1))
     assert part.ink_ratio() == pytest.approx(ratio, abs=1.5 / 28)
 
@@ -107,9 +108,9 @@ def test_blank_and_flat_pictures_have_no_ink():
 def test_to_model_input_is_the_checkpoints_preprocess():
     pic = paper_picture(held_out("く"))
     for spec in (
-        {"image_size": 28},
-        {"image_size": 32, "threshold": 0.2},
-        {"image_size": 28, "crop": True, "margin": 0.1},
+        {**PLAIN, "image_size": 28},
+        {**PLAIN, "image_size": 32, "threshold": 0.2},
+        {**PLAIN, "image_size": 28, "crop": True, "margin": 0.1},
     ):
         x = to_model_input(pic, spec)
         s = spec["image_size"]
@@ -205,7 +206,7 @@ def test_white_strokes_on_transparent_read_like_black_ones(bg):
     opaque = normalize_ink(paper_picture(levels))
     assert np.abs(white - black).mean() < 0.01
     assert np.abs(black - opaque).mean() < 0.03
-    pre = {"image_size": 28}
+    pre = {**PLAIN, "image_size": 28}
     assert torch.allclose(
         to_model_input(decode_image(_stroke_rgba(levels, 255, bg)), pre),
         to_model_input(decode_image(_stroke_rgba(levels, 0, bg)), pre),

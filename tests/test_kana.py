@@ -18,14 +18,14 @@ from maist.data.kana import (
     class_set,
     jis_to_char,
 )
-from maist.data.preprocess import Preprocess
+from tests.helpers import plain_preprocess
 
 # The article's 71 classes, as docs/etl-format.md lists them.
 ARTICLE71 = (
     "あいうえおかがきぎくぐけげこごさざしじすずせぜそぞただちぢつづてでとど"
     "なにぬねのはばぱひびぴふぶぷへべぺほぼぽまみむめもやゆよらりるれろわをん"
 )
-TINY = Preprocess(image_size=8)
+TINY = plain_preprocess(image_size=8)
 
 
 def test_known_codes():

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import plain_preprocess
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Distinct shapes, simple to draw; the model reads only these.
@@ -49,11 +51,11 @@ def build_tiny_checkpoint(path: Path, steps: int = 150, seed: int = 0) -> Path:
     save it as a MaistModule Lightning checkpoint; a few seconds on one core."""
     import lightning as L
 
-    from maist.data.preprocess import Preprocess, etl_levels_to_float
+    from maist.data.preprocess import etl_levels_to_float
     from maist.module import MaistModule
 
     images, chars, sheets = sample_records()
-    pre = Preprocess()
+    pre = plain_preprocess()
     x = pre(etl_levels_to_float(images))[:, None]
     y = torch.tensor([TINY_CHARS.index(c) for c in chars])
     train = torch.from_numpy(sheets < TEST_WRITERS_FROM)

@@ -2,7 +2,8 @@
 
 import torch
 
-from maist.data.preprocess import INK_LEVEL, INK_TRIM, Preprocess, despeckle, ink_box, mass_bounds
+from maist.data.preprocess import INK_LEVEL, INK_TRIM, despeckle, ink_box, mass_bounds
+from tests.helpers import plain_preprocess
 
 
 def blob_with_speck():
@@ -25,11 +26,11 @@ def test_mass_bounds_at_zero_is_the_ink_extent_and_trims_a_speck_above_zero():
 
 
 def test_crop_with_mass_ignores_a_far_speck():
-    pre = Preprocess(image_size=28, contrast="none", crop=True, margin=0.0, crop_mass=0.01)
+    pre = plain_preprocess(image_size=28, contrast="none", crop=True, margin=0.0, crop_mass=0.01)
     out = pre(blob_with_speck())[0]
     # the 20×20 block fills the whole frame; with crop_mass=0 the speck would shrink it
     assert out[2:26, 2:26].min() > 0.99
-    loose = Preprocess(image_size=28, contrast="none", crop=True, margin=0.0)(blob_with_speck())[0]
+    loose = plain_preprocess(image_size=28, contrast="none", crop=True, margin=0.0)(blob_with_speck())[0]
     assert (loose > 0.5).float().mean() < 0.2
 
 
@@ -50,7 +51,7 @@ def test_the_training_crop_is_the_ink_box_at_its_settings():
     """One definition: the crop box is ink_box at the config's crop_mass, of the thresholded image."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 40, 36, generator=g) ** 4
-    pre = Preprocess(image_size=28, crop=True, crop_mass=0.01, threshold=0.35, despeckle=3)
+    pre = plain_preprocess(image_size=28, crop=True, crop_mass=0.01, threshold=0.35, despeckle=3)
     thresholded = torch.where(x < 0.35, torch.zeros_like(x), x)
     for mine, theirs in zip(pre.crop_boxes(thresholded), ink_box(thresholded, 0.01, level=0.0)):
         assert torch.equal(mine, theirs)

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import unicodedata
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from maist.augment import dilate, erode
 from maist.data.etl import read_etl8g
@@ -28,7 +26,6 @@ from maist.data.preprocess import Preprocess, despeckle, etl_levels_to_float, st
 from maist.data.sample import SAMPLE_ZIP
 from maist.images import label_components
 
-DATA_CONFIG = Path(__file__).resolve().parents[1] / "maist" / "conf" / "data" / "etl.yaml"
 VOICED = [c for c in HIRAGANA71 if len(unicodedata.normalize("NFD", c)) == 2]  # が … ぽ (ゔ: not in ETL)
 WRITER_STEP = 3  # every third writer of the sample: 20 writers × 25 voiced kana
 MARK_LEVEL = 0.5  # components are found at this stretched level (touching fringes kept apart)
@@ -40,9 +37,9 @@ FIXED_CROP = {"crop_connect": 0.05, "crop_bridge": 0.03}
 
 
 def default_preprocess(**changes) -> Preprocess:
-    """The data config's preprocessing (conf/data/etl.yaml), at 28×28, with ``changes``."""
-    spec = yaml.safe_load(DATA_CONFIG.read_text(encoding="utf-8"))["preprocess"]
-    return Preprocess(image_size=28, **{**spec, **changes})
+    """The project's preprocessing (``Preprocess()``, what train.py's data config builds), at 28×28,
+    with ``changes``."""
+    return Preprocess(image_size=28, **changes)
 
 
 @cache

@@ -202,8 +202,9 @@ class MaistDataModule(L.LightningDataModule):
                 "must leave some data for training (below 1)"
             )
         get_class_set(class_set)  # an unknown name fails here, before any data is read
-        self.save_hyperparameters(logger=False)
         self.preprocess = Preprocess(image_size=image_size, **(preprocess or {}))
+        self.save_hyperparameters(logger=False)
+        self.hparams.preprocess = {k: v for k, v in self.preprocess.as_dict().items() if k != "image_size"}
         self.train_set = self.val_set = self.test_set = None
         self.classes: list[str] = []
 
