@@ -4,7 +4,7 @@
 
 For the article's CNN (``experiment=seed_cnn``) and the linear model (``experiment=seed_beginner``),
 both built from the project's Hydra configs: ``MaistModule`` + ``MaistDataModule`` batches in a
-``Trainer`` made as ``train.py`` makes it (``maist.run.make_trainer``) with the configured logger
+``Trainer`` made as ``train.py`` makes it (``maist.trainer.make_trainer``) with the configured logger
 (TensorBoard, into a temporary folder), callbacks (minus checkpointing and feature-map figures) and
 schedules, no validation, no progress bar; against a plain loop over the same in-memory tensors
 with the same network, optimizer, loss, batch size (50) and thread count. The two alternate in
@@ -38,7 +38,8 @@ from hydra.utils import instantiate
 
 from maist.config import CONFIG_DIR, register_configs
 from maist.module import MaistModule
-from maist.run import build_module, make_trainer
+from maist.run import build_module
+from maist.trainer import make_trainer
 
 CONF = CONFIG_DIR
 

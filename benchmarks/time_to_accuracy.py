@@ -4,7 +4,7 @@
 
 Both runs are built from the project's Hydra configs (``experiment=seed_stepped_dropout`` and
 ``experiment=best``, with their model, optimizer, schedule callbacks, augmentation, batch size and
-preprocessing) and trained by the ``Trainer`` that ``train.py`` makes (``maist.run.make_trainer``,
+preprocessing) and trained by the ``Trainer`` that ``train.py`` makes (``maist.trainer.make_trainer``,
 through :mod:`benchmarks.lightning_overhead`'s helpers), on the same data
 and the same writer-disjoint split (``data.split_by=writer``: the article's config says random,
 which would put test writers into training). Differences from a plain ``train.py`` run, the same

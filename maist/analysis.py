@@ -33,15 +33,12 @@ import torch
 from maist import tracking, viz
 from maist.data.dataset import to_float
 from maist.files import write_atomic
+from maist.module import READABLE_CLASSES
 
 log = logging.getLogger(__name__)
 
 FIGURES = "figures"
 REPORT = "report.md"
-# Up to this many classes, a confusion matrix and one TensorBoard scalar per class are readable;
-# beyond (kanji), the analysis shows the most confused pairs, a histogram of per-class accuracy
-# and the worst classes instead.
-READABLE_CLASSES = 100
 WORST_CLASSES = 8  # rows of the worst classes' gallery (and of its table in the report)
 ERRORS_PER_CLASS = 8  # misclassified images shown per worst class
 HISTOGRAM_BINS = 20

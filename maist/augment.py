@@ -27,15 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _range(value, name: str, centre: float) -> tuple[float, float]:
-    """A scalar m → (centre - m, centre + m); a pair → itself."""
-    if isinstance(value, (int, float)):
-        return centre - float(value), centre + float(value)
-    lo, hi = (float(v) for v in value)
-    if lo > hi:
-        raise ValueError(f"{name}: range {value} has lo > hi")
-    return lo, hi
+from maist import checks
 
 
 def affine_matrices(angle, scale, shear_x, shear_y, tx, ty) -> torch.Tensor:
@@ -113,14 +105,21 @@ class BatchAffine(nn.Module):
         p: float = 1.0,
     ):
         super().__init__()
-        self.rotate, self.shear, self.translate = float(rotate), float(shear), float(translate)
-        self.scale = _range(scale, "scale", 1.0) if not isinstance(scale, (int, float)) else (1 / scale, scale)
-        if self.scale[0] <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        self.elastic, self.elastic_grid = float(elastic), int(elastic_grid)
-        self.stroke, self.gamma, self.contrast, self.p = float(stroke), float(gamma), float(contrast), float(p)
-        if self.gamma < 1 or not 0 < self.contrast <= 1 or not 0 <= self.p <= 1:
-            raise ValueError("need gamma ≥ 1, 0 < contrast ≤ 1, 0 ≤ p ≤ 1")
+        name = "model.augment."
+        self.rotate = checks.number(name + "rotate", rotate, 0.0, 180.0)
+        if isinstance(scale, (int, float)):  # one factor s: the range [1/s, s]
+            s = checks.number(name + "scale", scale, 1.0)
+            self.scale = (1 / s, s)
+        else:
+            self.scale = checks.interval(name + "scale", scale)
+        self.shear = checks.number(name + "shear", shear, 0.0, 90.0, high_open=True)
+        self.translate = checks.fraction(name + "translate", translate)
+        self.elastic = checks.number(name + "elastic", elastic, 0.0)
+        self.elastic_grid = checks.whole(name + "elastic_grid", elastic_grid, 2)
+        self.stroke = checks.fraction(name + "stroke", stroke, high_open=False)
+        self.gamma = checks.number(name + "gamma", gamma, 1.0)
+        self.contrast = checks.probability(name + "contrast", contrast)
+        self.p = checks.fraction(name + "p", p, high_open=False)
 
     @property
     def geometric(self) -> bool:

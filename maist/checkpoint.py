@@ -2,11 +2,13 @@
 page, export, visualize) comes through here.
 
 A checkpoint is data, never code. It is read with ``torch.load(weights_only=True)``, which
-unpickles only tensors and plain containers (a file that asks to call anything is refused), and
-the Hydra ``_target_`` of every part it rebuilds (net, augmentation, optimizer, scheduler) must
-name a MAIST model or a torch optimizer: a checkpoint cannot make ``instantiate`` call an
-arbitrary function either. Whatever is wrong with a file, the error is one
-:class:`~maist.errors.CheckpointError` whose one-line message names it and says what to do.
+unpickles only tensors and plain containers (a file that asks to call anything is refused). Its
+hyper-parameters must be plain values (numbers, strings, booleans, None, lists and dicts of
+them): no ``${…}`` interpolation anywhere, no ``_target_`` but the ``_target_`` of each part a
+model is built from (net, augmentation, optimizer, scheduler), which must be one of the classes
+:mod:`maist.registry` names, compared whole; and the model is rebuilt by that registry, never by
+Hydra. Whatever is wrong with a file, the error is one :class:`~maist.errors.CheckpointError`
+whose one-line message names it and says what to do.
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from maist.errors import CheckpointError, first_line
+from maist import registry
+from maist.errors import CheckpointError, ConfigError, first_line
 
-# The Hydra targets a MAIST checkpoint may name (anything else is refused, never imported).
-ALLOWED_TARGETS = ("maist.models.", "maist.augment.", "torch.optim.")
 # What a MAIST checkpoint's hyper-parameters must hold to rebuild the model and its inputs.
 REQUIRED_HPARAMS = ("net", "optimizer", "classes", "class_set", "preprocess")
 MAX_BYTES = 2 * 1024**3  # a MAIST model is a few MB; refuse to read anything this large
@@ -59,19 +59,19 @@ def _unsafe_global(err: BaseException) -> str | None:
     return "a function call" if "Weights only load failed" in str(err) else None
 
 
-def _targets(tree: Any, where: str = "") -> list[tuple[str, str]]:
-    """Every (key path, ``_target_``) in a nested dict/list."""
-    found = []
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            if k == "_target_":
-                found.append((where or "(top)", str(v)))
-            else:
-                found += _targets(v, f"{where}.{k}" if where else str(k))
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            found += _targets(v, f"{where}[{i}]")
-    return found
+def _settings_problem(hp: dict) -> str | None:
+    """What makes a checkpoint's hyper-parameters more than settings MAIST builds from, or None."""
+    for key, value in hp.items():
+        if key in registry.PARTS:
+            if value is None and key in ("augment", "scheduler"):
+                continue
+            try:
+                registry.check_spec(value, key)
+            except ConfigError as err:
+                return str(err)
+        elif problem := registry.plain_problem(value, key):
+            return problem
+    return None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -117,13 +117,32 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             else "not a MAIST checkpoint"
         )
         raise CheckpointError(f"{p}: {origin} (no MAIST model settings: {', '.join(missing)}); {_HINT}")
-    for where, target in _targets(hp):
-        if not target.startswith(ALLOWED_TARGETS):
-            raise CheckpointError(
-                f"{p}: refused: {where} names {target!r}, which is not a MAIST model or a torch "
-                "optimizer; a MAIST checkpoint cannot make MAIST call other code"
-            )
+    if problem := _settings_problem(hp):
+        raise CheckpointError(
+            f"{p}: refused: {problem}; a MAIST checkpoint holds plain settings of the classes MAIST "
+            "names (maist.registry) and cannot make MAIST construct or call anything else"
+        )
     return ckpt
+
+
+def state_dict_problem(expected: dict, given: dict) -> str | None:
+    """How the tensors ``given`` (a checkpoint's) fail to fit a model whose state_dict is
+    ``expected``, naming the first tensor that does not fit; None when every one fits."""
+    missing = [k for k in expected if k not in given]
+    if missing:
+        return f"the model's {missing[0]} is not in the file ({len(missing)} tensors missing)"
+    extra = [k for k in given if k not in expected]
+    if extra:
+        return f"the file's {extra[0]} is not in the model ({len(extra)} tensors more)"
+    for key, tensor in given.items():
+        if not isinstance(tensor, torch.Tensor):
+            return f"{key} is a {type(tensor).__name__}, not a tensor"
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            return (
+                f"{key} has shape {tuple(tensor.shape)} in the file, but the model its settings describe "
+                f"has {tuple(expected[key].shape)}"
+            )
+    return None
 
 
 def build_module(ckpt: dict, path: str | os.PathLike = "checkpoint"):
@@ -133,9 +152,13 @@ def build_module(ckpt: dict, path: str | os.PathLike = "checkpoint"):
 
     try:
         module = MaistModule(**ckpt["hyper_parameters"])
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-    except Exception as err:  # a state_dict that does not fit the network it describes
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its model settings cannot be built ({err})") from None
+    except Exception as err:
         raise CheckpointError(f"{path}: cannot rebuild the model ({first_line(err)})") from None
+    if problem := state_dict_problem(module.state_dict(), ckpt["state_dict"]):
+        raise CheckpointError(f"{path}: its weights do not fit its model: {problem}")
+    module.load_state_dict(ckpt["state_dict"], strict=True)
     return module.eval()
 
 

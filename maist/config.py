@@ -40,10 +40,20 @@ def data_defaults() -> dict:
     return node
 
 
+EVAL_TASK = "eval"  # the task of a run that evaluates a checkpoint (train=false): its own name and folder
+
+
+def task_of(task_name: str, train: bool) -> str:
+    """A run's task: its ``task_name`` when it trains, else ``eval``."""
+    return task_name if train else EVAL_TASK
+
+
 def register_configs() -> None:
-    """Store ``data/defaults`` and register ``${num_classes:hiragana75}`` (→ 75); once per process."""
+    """Store ``data/defaults`` and register the resolvers ``${num_classes:hiragana75}`` (→ 75) and
+    ``${task:${task_name},${train}}`` (:func:`task_of`); once per process."""
     from hydra.core.config_store import ConfigStore
 
     if not OmegaConf.has_resolver("num_classes"):
         OmegaConf.register_new_resolver("num_classes", lambda name: class_set(name).num_classes)
+        OmegaConf.register_new_resolver("task", task_of)
         ConfigStore.instance().store(group="data", name="defaults", node=data_defaults())

@@ -1,8 +1,9 @@
 """One LightningModule for every model: loss, metrics, optimizer.
 
-The network, optimizer, scheduler and augmentation arrive as Hydra configs (dicts with
-``_target_``) and are saved in the checkpoint with the class list, the preprocessing and the
-training images' ink-to-frame ratio (how prediction frames a user's picture), so
+The network, optimizer, scheduler and augmentation arrive as settings (dicts with a
+``_target_``), built by :mod:`maist.registry` (never by Hydra: the same settings come back from
+checkpoints), and are saved in the checkpoint with the class list, the preprocessing and the
+training images' ink-to-frame ratio and stroke width (how prediction frames a user's picture), so
 :func:`maist.checkpoint.load_module` rebuilds a model from the file alone.
 """
 
@@ -15,18 +16,20 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import Container, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
-from maist.analysis import READABLE_CLASSES
-from maist.errors import ConfigError
+from maist import checks, registry
+from maist.data.kana import CLASS_SET_NAMES, ascii_name
 
 log = logging.getLogger(__name__)
 
 REDUCTIONS = ("sum", "mean")
 PER_CLASS = "test_per_class"  # the section of per-class test accuracy in the trackers
+# Up to this many classes, one tracker scalar per class (and a confusion matrix) stay readable;
+# beyond (kanji), the test analysis shows the most confused pairs and the worst classes instead.
+READABLE_CLASSES = 100
 
 
 MASK64 = (1 << 64) - 1
@@ -44,15 +47,10 @@ def mix_seed(*parts: int) -> int:
     return x >> 1
 
 
-def check_optimizer(optimizer) -> None:
-    """Fail early, in one line, on a learning rate that cannot train (negative, zero, not a number)."""
-    lr = (optimizer or {}).get("lr", 1e-3)
-    try:
-        ok = math.isfinite(float(lr)) and float(lr) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"model.optimizer.lr={lr!r}: must be a finite number > 0")
+def per_class_name(label: int, char: str) -> str:
+    """The tracker name of one class's test accuracy: ``test_per_class/60_ya`` (ASCII, which every
+    tracker accepts; the label keeps it unique)."""
+    return f"{PER_CLASS}/{label:02d}_{ascii_name(char)}"
 
 
 def _plain(cfg):
@@ -96,17 +94,29 @@ class MaistModule(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
-        if loss_reduction not in REDUCTIONS:
-            raise ConfigError(f"model.loss_reduction={loss_reduction!r}: must be one of {', '.join(REDUCTIONS)}")
-        check_optimizer(optimizer)
         # Saved in the checkpoint; trackers get the run's flat settings at the end (maist.tracking).
         self.save_hyperparameters(
             {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}, logger=False
         )
-        self.classes = list(classes or [])
-        self.net = instantiate(self.hparams.net)
-        self.augment = instantiate(self.hparams.augment) if augment else None
-        n = self.hparams.net.get("num_classes", len(self.classes))
+        hp = self.hparams
+        checks.choice("model.loss_reduction", loss_reduction, REDUCTIONS)
+        checks.fraction("model.label_smoothing", label_smoothing)
+        checks.choice("data.class_set", class_set, CLASS_SET_NAMES)
+        checks.whole("seed", seed)
+        if ink_ratio is not None:
+            checks.probability("ink_ratio", ink_ratio)
+        if stroke_width is not None:
+            checks.number("stroke_width", stroke_width, 0.0, 100.0)
+        registry.check_spec(hp.optimizer, "optimizer", "model.optimizer")
+        checks.positive("model.optimizer.lr", hp.optimizer.get("lr", 1e-3))
+        checks.number("model.optimizer.weight_decay", hp.optimizer.get("weight_decay", 0.0), 0.0)
+        if hp.scheduler:
+            registry.check_spec(hp.scheduler, "scheduler", "model.scheduler")
+            checks.choice("model.scheduler.interval", hp.scheduler.get("interval", "step"), ("step", "epoch"))
+        self.classes = [str(c) for c in classes or []]
+        self.net = registry.build(hp.net, "net", "model.net")
+        self.augment = registry.build(hp.augment, "augment", "model.augment") if augment else None
+        n = hp.net.get("num_classes", len(self.classes))
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro")
@@ -117,6 +127,12 @@ class MaistModule(L.LightningModule):
 
     def forward(self, x):
         return self.net(x)
+
+    def record_training_images(self, ink_ratio: float, stroke_width: float) -> None:
+        """Save what the training images measure (known once the data is decoded, after this module
+        is built): prediction frames users' pictures and matches their strokes by them."""
+        self.hparams.ink_ratio = checks.probability("ink_ratio", ink_ratio)
+        self.hparams.stroke_width = checks.number("stroke_width", stroke_width, 0.0, 100.0)
 
     def __setattr__(self, name, value):
         # Lightning sets _current_fx_name around every hook, ~44 times a training step, and
@@ -163,7 +179,13 @@ class MaistModule(L.LightningModule):
             loss = loss * world_size
         if self._logging_step():
             acc = (logits.argmax(1) == y).float().mean()
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
+            if self.hparams.loss_reduction == "sum":  # the article's objective; train/loss is per image
+                self.log("train/loss_sum", loss, on_step=True, on_epoch=False, sync_dist=True)
+                mean = loss.detach() / (len(y) * world_size)
+            else:
+                mean = loss.detach()
+            # per image, like val/loss and test/loss: the three compare on one scale
+            self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
             self.log("train/acc", acc, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
             if hasattr(self.net, "keep_prob"):
                 self.log("train/keep_prob", float(self.net.keep_prob), on_step=True, on_epoch=False)
@@ -232,18 +254,16 @@ class MaistModule(L.LightningModule):
         correct, support = stats[:, 0].tolist(), stats[:, 4].tolist()
         names = self.classes if len(self.classes) == len(support) else [str(k) for k in range(len(support))]
         self.per_class_accuracy = {c: t / s for c, t, s in zip(names, correct, support) if s}
-        if len(names) <= READABLE_CLASSES:
-            # their own section; the label number keeps names unique for trackers that allow ASCII only
+        if len(names) <= READABLE_CLASSES:  # their own section, one scalar a class
             for label, c in enumerate(names):
                 if c in self.per_class_accuracy:
-                    self.log(f"{PER_CLASS}/{label:02d}_{c}", self.per_class_accuracy[c], sync_dist=True)
+                    self.log(per_class_name(label, c), self.per_class_accuracy[c], sync_dist=True)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        optimizer = registry.build(self.hparams.optimizer, "optimizer", params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        cfg = dict(self.hparams.scheduler)
-        interval = cfg.pop("interval", "step")
-        scheduler = instantiate(cfg, optimizer=optimizer)
+        interval = self.hparams.scheduler.get("interval", "step")
+        scheduler = registry.build(self.hparams.scheduler, "scheduler", optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

@@ -1,4 +1,9 @@
-"""Train and/or evaluate one configured run; the logic behind train.py."""
+"""Train and/or evaluate one configured run; the logic behind train.py.
+
+Every setting, the checkpoint and the model are checked before any data is decoded: the data
+module, the model and the callbacks are built (their constructors check their settings) and a
+checkpoint is read and matched first; only then are the records decoded.
+"""
 
 from __future__ import annotations
 
@@ -12,28 +17,47 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from maist import checks
 from maist.analysis import analyse_test
-from maist.callbacks.checkpoints import LastCheckpoint
-from maist.callbacks.progress import TimedProgressBar
+from maist.callbacks.checkpoints import LastCheckpoint, remove_stale_temporaries
 from maist.checkpoint import build_module as checkpoint_module
-from maist.checkpoint import check_resumable, data_spec, read_checkpoint
+from maist.checkpoint import check_resumable, data_spec, read_checkpoint, state_dict_problem
+from maist.config import task_of
 from maist.distributed import launch_ranks_as_this_job, one_job_of_processes
-from maist.errors import ConfigError
+from maist.errors import CheckpointError, ConfigError
 from maist.files import write_atomic
-from maist.module import PER_CLASS, MaistModule, check_optimizer
+from maist.module import PER_CLASS, MaistModule
 from maist.tracking import log_summary
+from maist.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+TEST_CHECKPOINTS = ("best", "last")
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The run-level settings and the trainer keys MAIST relies on (the data, the model and the
+    callbacks check their own when they are built)."""
+    checks.optional_whole("torch_threads", cfg.get("torch_threads"), 1)
+    checks.whole("seed", cfg.seed)
+    for key in ("train", "test", "analyse_test"):
+        checks.flag(key, cfg.get(key, True))
+    checks.choice("test_ckpt", cfg.get("test_ckpt", "best"), TEST_CHECKPOINTS)
+    trainer = cfg.trainer
+    if cfg.train:
+        checks.whole(
+            "trainer.max_steps", trainer.max_steps, 1, why=" (the steps to train; train=false evaluates a checkpoint)"
+        )
+    if trainer.get("check_val_every_n_epoch") is None:
+        checks.whole("trainer.val_check_interval", trainer.get("val_check_interval", 1000), 1, why=" (steps)")
+    checks.whole("trainer.log_every_n_steps", trainer.get("log_every_n_steps", 50), 1)
 
 
 def _align_data_with_checkpoint(cfg: DictConfig, ckpt: dict) -> None:
@@ -43,20 +67,7 @@ def _align_data_with_checkpoint(cfg: DictConfig, ckpt: dict) -> None:
         cfg.data.class_set = spec["class_set"]
         cfg.data.image_size = spec["image_size"]
         cfg.data.preprocess = spec["preprocess"]
-    log.info(
-        "evaluating %s with its own class set %s and preprocessing %s",
-        cfg.ckpt_path,
-        spec["class_set"],
-        spec["preprocess"],
-    )
-
-
-def _torch_threads(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"torch_threads={value!r}: must be a whole number ≥ 1 (or null for torch's default)")
-    return value
+    log.info("evaluating %s with its own class set %s and preprocessing %s", cfg.ckpt_path, spec["class_set"], spec)
 
 
 def _read_given_checkpoint(cfg: DictConfig) -> dict | None:
@@ -74,84 +85,59 @@ def _read_given_checkpoint(cfg: DictConfig) -> dict | None:
     return ckpt
 
 
-class _NoContext:
-    __slots__ = ()
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-class QuietProfiler(PassThroughProfiler):
-    """Lightning's default profiler, minus its cost: ``profile()`` returns one shared no-op context
-    where the default enters a fresh generator-based context manager, ~35 times a training step."""
-
-    _context = _NoContext()
-
-    def profile(self, action_name: str):
-        return self._context
-
-
-def make_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` (``kwargs`` override its keys). Without a configured
-    ``trainer.profiler``, it has :class:`QuietProfiler`; with the progress bar on and no progress
-    bar among the callbacks, a :class:`~maist.callbacks.progress.TimedProgressBar`."""
-    if cfg.trainer.get("profiler") is None:
-        kwargs.setdefault("profiler", QuietProfiler())
-    callbacks = list(kwargs.get("callbacks") or [])
-    if kwargs.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)) and not any(
-        isinstance(c, ProgressBar) for c in callbacks
-    ):
-        kwargs["callbacks"] = [*callbacks, TimedProgressBar()]
-    return instantiate(cfg.trainer, **kwargs)
-
-
 def build_module(cfg: DictConfig, datamodule) -> MaistModule:
+    """The configured model for ``datamodule``'s classes and preprocessing (its training images'
+    measures are recorded once they are decoded: :meth:`MaistModule.record_training_images`)."""
     return instantiate(
         cfg.model,
         classes=datamodule.classes,
         class_set=datamodule.hparams.class_set,
         preprocess=datamodule.preprocess.as_dict(),
-        ink_ratio=datamodule.ink_ratio,
-        stroke_width=datamodule.stroke_width,
         seed=cfg.seed,
         _recursive_=False,
     )
 
 
 def run(cfg: DictConfig) -> dict:
-    """Fit and/or test as configured; writes metrics.json into the run folder and returns it.
-
-    Every setting and the checkpoint are checked before the data is decoded."""
+    """Fit and/or test as configured; writes metrics.json into the run folder and returns it."""
     with one_job_of_processes():  # a sweep's next job starts ranks of its own
         return _run(cfg)
 
 
 def _run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
-    threads = _torch_threads(cfg.get("torch_threads"))
-    if threads:
-        torch.set_num_threads(threads)
-    if cfg.get("test_ckpt", "best") not in TEST_CHECKPOINTS:
-        raise ConfigError(f"test_ckpt={cfg.test_ckpt!r}: must be one of {', '.join(TEST_CHECKPOINTS)}")
+    check_settings(cfg)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(cfg.torch_threads)
     _resume_after_requeue(cfg, out)
     ckpt = _read_given_checkpoint(cfg)
-    check_optimizer(cfg.model.get("optimizer"))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the model's initial weights follow the seed
     datamodule = instantiate(cfg.data, _convert_="all")
+    if cfg.train:
+        model = build_module(cfg, datamodule)
+        if ckpt is not None and (problem := state_dict_problem(model.state_dict(), ckpt["state_dict"])):
+            raise CheckpointError(f"{cfg.ckpt_path}: cannot resume this run from it: {problem}")
+    else:
+        model = checkpoint_module(ckpt, cfg.ckpt_path)
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
+    for callback in callbacks:
+        if hasattr(callback, "check_module"):  # settings that must fit the model (a keep_prob schedule)
+            callback.check_module(model)
     loggers = _instantiate_all(cfg.get("logger"))
     launch_ranks_as_this_job()  # before the Trainer: its launcher restarts this job for the other ranks
     trainer = make_trainer(cfg, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg))
     if trainer.global_rank > 0:  # the other ranks compute; rank zero alone reports
         logging.getLogger("maist").setLevel(logging.WARNING)
-    L.seed_everything(cfg.seed, workers=True, verbose=trainer.is_global_zero)
+    elif cfg.get("print_config", True):
+        log.info("config (all of it: %s):\n%s", out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if trainer.is_global_zero:
+        remove_stale_temporaries(out)
     datamodule.setup("fit")  # decoded once: the first process writes the cache, the others load it
 
-    metrics: dict = {"task_name": cfg.task_name, "output_dir": str(out)}
+    task = task_of(cfg.task_name, cfg.train)
+    metrics: dict = {"task_name": task, "output_dir": str(out)}
     if cfg.train:
-        model = build_module(cfg, datamodule)
+        model.record_training_images(datamodule.ink_ratio, datamodule.stroke_width)
         started = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         metrics["train_seconds"] = round(time.perf_counter() - started, 1)
@@ -161,8 +147,6 @@ def _run(cfg: DictConfig) -> dict:
         guard = next((c for c in callbacks if hasattr(c, "reason")), None)
         if guard is not None and guard.reason:
             metrics["stopped"] = guard.reason
-    else:
-        model = checkpoint_module(ckpt, cfg.ckpt_path)
 
     if cfg.test:
         tested = _test_checkpoint(cfg, trainer, callbacks)
@@ -180,7 +164,8 @@ def _run(cfg: DictConfig) -> dict:
             )
     if trainer.is_global_zero:  # one writer per output
         write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False).encode())
-        log_summary(loggers, cfg, metrics)
+        if cfg.train:  # an evaluation is not a trial of the sweep tables
+            log_summary(loggers, cfg, metrics)
         _report(metrics, loggers, out)
     return metrics
 
@@ -206,9 +191,6 @@ def _resume_after_requeue(cfg: DictConfig, out: Path) -> None:
             cfg.ckpt_path = str(last)
 
 
-TEST_CHECKPOINTS = ("best", "last")
-
-
 def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, callbacks: list) -> str | None:
     """The file whose weights ``test`` evaluates: the checkpoint given with ``train=false``, else
     ``best.ckpt`` or ``last.ckpt`` as ``test_ckpt`` says (``None``: nothing was saved)."""
@@ -220,7 +202,8 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, callbacks: list) -> st
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best:
             return best
-        log.warning("no best checkpoint (no validation ran): testing the last one")
+        if trainer.checkpoint_callback is not None:
+            log.warning("no best checkpoint (this run has no validation set): testing the last one")
     if last is not None and last.is_file():
         return str(last)
     log.warning("no last.ckpt (callbacks.last_checkpoint is off): testing the final weights, which are not saved")
@@ -260,5 +243,17 @@ def run_or_report(cfg: DictConfig) -> dict:
 
 
 def optimized_value(cfg: DictConfig, metrics: dict) -> float:
-    value = metrics.get(cfg.get("optimized_metric") or "", math.nan)
-    return float(value)
+    """The metric a sweeper optimises (``optimized_metric``); NaN, with a warning naming it, when
+    the run has none (a failed job, or a run without validation such as ``best_accuracy``)."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return math.nan
+    if name not in metrics:
+        log.warning(
+            "optimized_metric=%s: this run has no %s (got %s); the sweeper gets NaN",
+            name,
+            name,
+            ", ".join(k for k in metrics if "/" in k) or "no metrics",
+        )
+        return math.nan
+    return float(metrics[name])

@@ -4,6 +4,7 @@ every kind of bad file is one line naming it (exit code 2 from the commands)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from maist.checkpoint import check_resumable, load_module, read_checkpoint
 from maist.errors import CheckpointError
+from maist.run import run as run_config
 from tests.test_predict import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +52,116 @@ def test_a_checkpoint_that_runs_code_is_refused_and_runs_nothing(malicious):
     assert not marker.exists()
 
 
-def test_a_hydra_target_outside_maist_is_refused(tmp_path):
+# Ways a checkpoint's settings tried to make MAIST construct something (each was tried against an
+# earlier version, which allowed targets by prefix and rebuilt the model with Hydra): route name →
+# (a change to the hyper-parameters that would write the marker file if it ran, the refusal's words).
+def _routes(marker: Path) -> dict:
+    save = {"_target_": "torch.optim.adam.torch.save", "obj": "pwned", "f": str(marker)}  # an attribute chain
+    write = f"${{oc.create:{{_target_: pathlib.Path.write_text, self: {marker}, data: pwned}}}}"
+    return {
+        "foreign net": (lambda hp: hp.update(net={"_target_": "os.system", "command": f"touch {marker}"}), "os.system"),
+        "attribute chain as net": (lambda hp: hp.update(net=save), "torch.optim.adam.torch.save"),
+        "attribute chain as augment": (lambda hp: hp.update(augment=save), "torch.optim.adam.torch.save"),
+        "attribute chain as optimizer": (lambda hp: hp.update(optimizer=save), "torch.optim.adam.torch.save"),
+        "interpolation in the net": (lambda hp: hp["net"].update(hidden=write), "net.hidden holds an interpolation"),
+        "interpolation in the preprocessing": (
+            lambda hp: hp["preprocess"].update(threshold=write),
+            "preprocess.threshold holds an interpolation",
+        ),
+        "interpolation as the class set": (lambda hp: hp.update(class_set=write), "class_set holds an interpolation"),
+        "nested target": (
+            lambda hp: hp["net"].update(filters=[{"_target_": "pathlib.Path.touch", "self": str(marker)}, 16]),
+            r"net.filters\[0\] asks to construct",
+        ),
+        "tensor in the settings": (lambda hp: hp.update(seed=torch.zeros(2)), "seed holds a Tensor"),
+    }
+
+
+ROUTES = list(_routes(Path("x")))
+
+
+def hostile(tmp_path: Path, route: str) -> tuple[Path, Path, str]:
+    """A copy of the tiny checkpoint changed by ``route``: (file, marker, expected refusal)."""
+    marker = tmp_path / "pwned"
+    change, words = _routes(marker)[route]
     ckpt = torch.load(tiny_checkpoint(), weights_only=True)
-    ckpt["hyper_parameters"]["net"] = {"_target_": "os.system", "command": f"touch {tmp_path / 'pwned'}"}
-    path = tmp_path / "target.ckpt"
+    change(ckpt["hyper_parameters"])
+    path = tmp_path / "hostile.ckpt"
     torch.save(ckpt, path)
-    with pytest.raises(CheckpointError, match=r"target.ckpt: refused: net names 'os.system'"):
+    return path, marker, words
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_settings_that_would_construct_anything_else_are_refused(tmp_path, route):
+    path, marker, words = hostile(tmp_path, route)
+    with pytest.raises(CheckpointError, match=f"hostile.ckpt: refused: .*{words}") as info:
         load_module(path)
-    assert not (tmp_path / "pwned").exists()
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def in_process_entry_points(ckpt: Path, tmp_path: Path) -> dict:
+    """Each entry point that reads a checkpoint, called in this process: name → a call that
+    returns the one-line error it ends with."""
+    from PIL import Image
+
+    from maist import export, predict, serve, visualize
+
+    picture = tmp_path / "a.png"
+    Image.new("L", (64, 64), 255).save(picture)
+
+    def command(main, *args):
+        def call(capsys):
+            assert main([f"ckpt_path={ckpt}", *args]) == 2
+            return capsys.readouterr().err.strip().splitlines()[-1]
+
+        return call
+
+    def train(*overrides):
+        def call(capsys):
+            from tests.test_config_errors import compose_run
+
+            with pytest.raises(CheckpointError) as info:
+                run_config(compose_run(tmp_path, f"ckpt_path={ckpt}", *overrides))
+            return f"error: {info.value}"
+
+        return call
+
+    return {
+        "predict": command(predict.main, f"inputs=[{picture}]"),
+        "serve": command(serve.main, "port=0"),
+        "visualize": command(visualize.main, f"input={picture}", f"out={tmp_path / 'viz'}"),
+        "export": command(export.main, f"out={tmp_path / 'm.onnx'}"),
+        "evaluate": train("train=false"),
+        "resume": train(),
+    }
+
+
+ENTRY_POINTS = ["predict", "serve", "visualize", "export", "evaluate", "resume"]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("route", ROUTES)
+def test_no_entry_point_constructs_what_a_checkpoint_names(tmp_path, capsys, route, entry):
+    path, marker, words = hostile(tmp_path, route)
+    last = in_process_entry_points(path, tmp_path)[entry](capsys)
+    assert re.match(f"error: {re.escape(str(path))}: refused: .*{words}", last), last
+    assert not marker.exists(), f"{entry} ran what the checkpoint named"
+    assert not (tmp_path / "cache").exists(), "the data was decoded before the checkpoint was checked"
+
+
+def test_weights_that_do_not_fit_name_the_tensor(tmp_path, capsys):
+    from maist import predict
+
+    ckpt = torch.load(tiny_checkpoint(), weights_only=True)
+    ckpt["state_dict"]["net.fc2.weight"] = torch.zeros(71, 64)
+    path = tmp_path / "shapes.ckpt"
+    torch.save(ckpt, path)
+    expected = r"net.fc2.weight has shape \(71, 64\) in the file, but the model its settings describe has \(12, 64\)"
+    with pytest.raises(CheckpointError, match=expected):
+        load_module(path)
+    assert predict.main([f"ckpt_path={path}", "inputs=[x.png]"]) == 2
+    assert re.search(expected, capsys.readouterr().err)
 
 
 def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -176,7 +280,7 @@ def test_last_checkpoint_every_n_steps_saves_at_its_multiples_and_at_the_end(tmp
     def fit(callback: LastCheckpoint, steps: int) -> list[int]:
         saved = []
         trainer = SimpleNamespace(sanity_checking=False, global_step=0)
-        trainer.save_checkpoint = lambda path: saved.append(trainer.global_step)
+        trainer.save_checkpoint = lambda path, **kwargs: saved.append(trainer.global_step)
         for step in range(1, steps + 1):
             trainer.global_step = step
             callback.on_train_batch_end(trainer, None, None, None, step - 1)

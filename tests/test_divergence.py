@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from maist import registry
 from maist.callbacks.divergence import DivergenceGuard
 from maist.module import MaistModule
 
@@ -24,7 +25,8 @@ class NanAfter(torch.nn.Module):
         return out * math.nan if self.calls > self.after else out
 
 
-def test_nonfinite_loss_stops_training_and_keeps_weights_finite(tmp_path):
+def test_nonfinite_loss_stops_training_and_keeps_weights_finite(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.PARTS["net"], "tests.test_divergence.NanAfter", NanAfter)  # buildable by name
     torch.manual_seed(0)
     model = MaistModule(
         net={"_target_": "tests.test_divergence.NanAfter", "after": 5},

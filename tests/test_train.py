@@ -94,7 +94,7 @@ def test_short_run_learns_and_writes_its_outputs(sample_run):
 def test_last_checkpoint_holds_the_final_weights_and_is_what_was_tested(sample_run):
     _, run_dir = sample_run
     assert ckpt_step(run_dir / "checkpoints/last.ckpt") == 200  # not the last validation's step, 150
-    assert ckpt_step(run_dir / "checkpoints/best.ckpt") in (75, 150)
+    assert ckpt_step(run_dir / "checkpoints/best.ckpt") in (75, 150, 200)  # validated at the end too
     assert metrics(run_dir)["tested_checkpoint"] == str(run_dir / "checkpoints/last.ckpt")
 
 
@@ -154,19 +154,23 @@ def test_a_killed_run_resumes_mid_epoch_with_the_same_batches(sample_run, tmp_pa
         assert again[step] == pytest.approx(original[step], rel=1e-5), f"step {step}"
 
 
-def test_sweep_reports_a_failing_job_and_runs_the_others(tmp_path):
+def test_sweep_of_short_runs_validates_and_reports_a_failing_job(tmp_path):
+    """A job whose max_steps is below val_check_interval (the default 1,000) still ends validated,
+    with a best.ckpt and val/acc_best; a failing job does not stop the others."""
     proc = train(
         "-m",
         "data.class_set=hiragana71,no_such_set",
         "model=linear",
         "trainer.max_steps=20",
-        "trainer.val_check_interval=10",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "~callbacks.feature_maps",
     )
+    good_dir = next((tmp_path / "sweep").glob("0_*"))
     good, bad = (metrics(next((tmp_path / "sweep").glob(f"{n}_*"))) for n in (0, 1))
     assert "test/acc" in good and "failed" not in good
+    assert 0 < good["val/acc_best"] <= 1 and ckpt_step(good_dir / "checkpoints/best.ckpt") == 20
+    assert good["tested_checkpoint"] == str(good_dir / "checkpoints/best.ckpt")
     assert "unknown class set 'no_such_set'" in bad["failed"]
     assert "sweep summary" in proc.stdout and "FAILED" in proc.stdout
 
@@ -175,7 +179,7 @@ def test_the_trainer_profiles_nothing_unless_a_profiler_is_configured(tmp_path):
     from lightning.pytorch.profilers import SimpleProfiler
     from omegaconf import OmegaConf
 
-    from maist.run import QuietProfiler, make_trainer
+    from maist.trainer import QuietProfiler, make_trainer
 
     cfg = OmegaConf.create(
         {"trainer": {"_target_": "lightning.Trainer", "accelerator": "cpu", "default_root_dir": str(tmp_path)}}
@@ -189,27 +193,36 @@ def test_the_trainer_profiles_nothing_unless_a_profiler_is_configured(tmp_path):
     assert isinstance(make_trainer(cfg, logger=False).profiler, SimpleProfiler)
 
 
-def test_the_progress_bar_is_redrawn_at_most_every_interval(monkeypatch, tmp_path):
+def test_the_progress_bar_counts_the_runs_steps_across_epochs(tmp_path):
+    """One bar for the run: step / max_steps (a resumed run starts at its step), redrawn every
+    refresh_rate steps and at the last, not reset when an epoch of sampled batches ends."""
     from types import SimpleNamespace
 
     from lightning.pytorch.callbacks import TQDMProgressBar
     from omegaconf import OmegaConf
 
-    from maist.callbacks.progress import TimedProgressBar
-    from maist.run import make_trainer
+    from maist.callbacks.progress import StepProgressBar
+    from maist.trainer import make_trainer
 
-    drawn = []
-    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", lambda self, *a: drawn.append(a[-1]))
-    bar = TimedProgressBar(interval=3600)
-    bar.train_progress_bar = SimpleNamespace(total=10)
-    for batch_idx in range(10):
-        bar.on_train_batch_end(None, None, None, None, batch_idx)
-    assert drawn == [0, 9]  # the first step, then nothing until the epoch's last
+    bar = StepProgressBar(refresh_rate=4)
+    trainer = SimpleNamespace(max_steps=10, global_step=2)  # resumed at step 2
+    bar.get_metrics = lambda *a: {}
+    bar.on_train_start(trainer, None)
+    drawn, tqdm = [], bar.train_progress_bar
+    tqdm.refresh = lambda **kw: drawn.append(tqdm.n)
+    assert (tqdm.total, tqdm.n) == (10, 2)
+    for step in range(3, 11):
+        trainer.global_step = step
+        bar.on_train_batch_end(trainer, None, None, None, (step - 1) % 5)
+        if step == 5:
+            bar.on_train_epoch_end(trainer, None)
+            bar.on_train_epoch_start(trainer)
+    assert drawn == [4, 8, 10] and tqdm.total == 10
 
     cfg = OmegaConf.create(
         {"trainer": {"_target_": "lightning.Trainer", "accelerator": "cpu", "default_root_dir": str(tmp_path)}}
     )
-    assert isinstance(make_trainer(cfg, logger=False).progress_bar_callback, TimedProgressBar)
+    assert isinstance(make_trainer(cfg, logger=False).progress_bar_callback, StepProgressBar)
     assert make_trainer(cfg, logger=False, enable_progress_bar=False).progress_bar_callback is None
     mine = TQDMProgressBar(refresh_rate=5)  # a configured bar is kept
     assert make_trainer(cfg, logger=False, callbacks=[mine]).progress_bar_callback is mine

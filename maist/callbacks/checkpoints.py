@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +18,25 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
-from maist.files import atomic_path
+from maist import checks
+from maist.files import TEMPORARY_SUFFIX, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files that a write killed half-way left in a run folder and its
+    ``checkpoints/`` (``.last.ckpt.*.tmp`` of :func:`~maist.files.atomic_path`): called when a run
+    starts in that folder (a resumed or requeued job), before anything writes there."""
+    gone = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        for stale in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+                gone.append(stale)
+    if gone:
+        log.info("deleted %d temporary file(s) left by an interrupted write: %s", len(gone), ", ".join(map(str, gone)))
+    return gone
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -44,16 +63,14 @@ class LastCheckpoint(L.Callback):
     """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt", every_n_steps: int | None = None):
-        if every_n_steps is not None and (isinstance(every_n_steps, bool) or int(every_n_steps) <= 0):
-            raise ValueError(f"every_n_steps must be a positive number of steps or None, got {every_n_steps!r}")
+        self.every_n_steps = checks.optional_whole("callbacks.last_checkpoint.every_n_steps", every_n_steps, 1)
         self.path = Path(dirpath) / filename
-        self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         self._saved_step: int | None = None
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking or self._saved_step == trainer.global_step:
             return
-        trainer.save_checkpoint(self.path)  # every rank calls it; rank zero writes
+        trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it; rank zero writes
         self._saved_step = trainer.global_step
 
     def on_validation_end(self, trainer, pl_module) -> None:

@@ -11,6 +11,8 @@ import logging
 
 import lightning as L
 
+from maist import checks
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +26,9 @@ class DivergenceGuard(L.Callback):
     """
 
     def __init__(self, collapse_fraction: float = 0.5, min_best: float = 0.2, monitor: str = "val/acc"):
-        self.collapse_fraction = collapse_fraction
-        self.min_best = min_best
+        name = "callbacks.divergence_guard."
+        self.collapse_fraction = checks.fraction(name + "collapse_fraction", collapse_fraction)
+        self.min_best = checks.fraction(name + "min_best", min_best, high_open=False)
         self.monitor = monitor
         self.best = 0.0
         self.reason: str | None = None

@@ -21,12 +21,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from maist import tracking
+from maist import checks, tracking
 from maist.viz import feature_figures, save_png
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHARS = ("あ", "ぬ", "ね", "ば", "ぱ")
+SPLITS = ("train", "val", "test")
 # Figures that belong to the network, not to one input: logged once per step under these tags.
 NET_FIGURES = {"filters": "filters/conv1", "weights": "weights/fc"}
 
@@ -45,12 +46,10 @@ class FeatureMapFigures(L.Callback):
     def __init__(
         self, chars=DEFAULT_CHARS, every_n_steps: int | None = None, dirpath: str | None = None, split: str = "val"
     ):
-        if every_n_steps is not None and every_n_steps <= 0:
-            raise ValueError(f"every_n_steps must be a positive number of steps or None, got {every_n_steps}")
-        self.chars = tuple(chars or ())
-        self.every_n_steps = every_n_steps
+        self.chars = tuple(str(c) for c in chars or ())
+        self.every_n_steps = checks.optional_whole("callbacks.feature_maps.every_n_steps", every_n_steps, 1)
         self.dirpath = dirpath
-        self.split = split
+        self.split = checks.choice("callbacks.feature_maps.split", split, SPLITS)
         self.samples: list[tuple[str, torch.Tensor]] | None = None  # (name, image (1, 1, S, S)), on CPU
         self._drawn: set[int] = set()
         self._announced = False

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import lightning as L
 
+from maist import checks
 from maist.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -22,16 +23,27 @@ log = logging.getLogger(__name__)
 PARAMS = {"lr": (0.0, math.inf), "keep_prob": (0.0, 1.0)}
 
 
+def _step(name: str, key) -> int:
+    """A table's key as a global step: a whole number ≥ 0 (or a string of digits, as YAML may give
+    it); ``0.5`` or ``true`` is refused, never rounded to another step."""
+    if isinstance(key, str) and key.isdecimal():
+        key = int(key)
+    return checks.whole(f"{name} step", key, 0, why=" (a global step)")
+
+
+def _value(name: str, step, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}: {value!r} at step {step} must be a number")
+    return float(value)
+
+
 class StepTable:
     """A piecewise-constant function of the global step."""
 
     def __init__(self, values: Mapping[int, float], name: str = "schedule"):
-        if not values:
+        if not isinstance(values, Mapping) or not values:
             raise ConfigError(f"{name}: a step schedule needs at least one (step: value) entry")
-        try:
-            items = sorted((int(k), float(v)) for k, v in values.items())
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: {dict(values)} must map whole steps to numbers") from None
+        items = sorted((_step(name, k), _value(name, k, v)) for k, v in values.items())
         if items[0][0] != 0:
             raise ConfigError(f"{name}: a step schedule must start at step 0, its first step is {items[0][0]}")
         self.steps = [s for s, _ in items]
@@ -55,9 +67,7 @@ class StepSchedule(L.Callback):
     """
 
     def __init__(self, param: str, values: Mapping[int, float]):
-        if param not in PARAMS:
-            raise ConfigError(f"schedule param must be one of {', '.join(PARAMS)}, got {param!r}")
-        self.param = param
+        self.param = checks.choice("schedule param", param, PARAMS)
         self.table = StepTable(values, name=f"schedule {param}")
         low, high = PARAMS[param]
         for step, value in zip(self.table.steps, self.table.values):
@@ -73,10 +83,17 @@ class StepSchedule(L.Callback):
                 for group in optimizer.param_groups:
                     group["lr"] = value
         else:
-            if not hasattr(pl_module.net, "keep_prob"):
-                raise ValueError(f"{type(pl_module.net).__name__} has no keep_prob to schedule")
             pl_module.net.keep_prob = value
         return value
+
+    def check_module(self, pl_module: L.LightningModule) -> None:
+        """Before any data is decoded: a keep-probability schedule needs a network with dropout's
+        ``keep_prob`` (the article's CNN)."""
+        if self.param == "keep_prob" and not hasattr(pl_module.net, "keep_prob"):
+            raise ConfigError(
+                f"schedule keep_prob: {type(pl_module.net).__name__} has no keep_prob to schedule "
+                "(use model=cnn, or a schedule of the rate only: schedule=stepped)"
+            )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step

@@ -201,12 +201,12 @@ class MaistDataModule(L.LightningDataModule):
                 f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g}: "
                 "must leave some data for training (below 1)"
             )
-        get_class_set(class_set)  # an unknown name fails here, before any data is read
+        # the classes come from the set's name, so the model is built before any data is read
+        self.classes: list[str] = list(get_class_set(class_set).classes)
         self.preprocess = Preprocess(image_size=image_size, **(preprocess or {}))
         self.save_hyperparameters(logger=False)
         self.hparams.preprocess = {k: v for k, v in self.preprocess.as_dict().items() if k != "image_size"}
         self.train_set = self.val_set = self.test_set = None
-        self.classes: list[str] = []
 
     # ------------------------------------------------------------------ setup
     def _load(self, root) -> EtlHiragana:
@@ -218,7 +218,6 @@ class MaistDataModule(L.LightningDataModule):
             return
         h = self.hparams
         full = self._load(h.root)
-        self.classes = full.classes
         fractions = (h.val_fraction,) if h.test_root else (h.val_fraction, h.test_fraction)
         parts = make_split(h.split_by, full.targets.numpy(), full.writers.numpy(), fractions, h.split_seed)
         self.train_set, self.val_set = (Part.of(full, p) for p in parts[:2])

@@ -28,6 +28,8 @@ Classes are ordered by JIS code (hiragana before katakana before kanji).
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 
@@ -103,6 +105,20 @@ def jis_to_char(code: int) -> str:
         return bytes([(code >> 8) | 0x80, (code & 0xFF) | 0x80]).decode("euc_jp")
     except UnicodeDecodeError:
         return f"<JIS {code:#06x}>"
+
+
+def ascii_name(char: str) -> str:
+    """A short ASCII name of one character, for trackers that allow ASCII names only: its Unicode
+    name without the script, e.g. あ → ``a``, ぱ → ``pa``, ゃ → ``small_ya``, ア → ``a``, 亜 → ``u4e9c``."""
+    try:
+        name = unicodedata.name(char).lower()
+    except (TypeError, ValueError):
+        return "".join(f"u{ord(c):04x}" for c in str(char))
+    if name.startswith("cjk unified ideograph-"):
+        return "u" + name.rsplit("-", 1)[1]
+    for script in ("hiragana letter ", "katakana letter "):
+        name = name.removeprefix(script)
+    return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
 
 
 def char_to_jis(char: str) -> int:

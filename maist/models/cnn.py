@@ -12,7 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maist import checks
+from maist.errors import ConfigError
+
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+INITS = ("tensorflow", "pytorch")
 
 
 def init_like_tensorflow(module: nn.Module, std: float, bias: float) -> None:
@@ -53,9 +57,18 @@ class DeepMnistCNN(nn.Module):
         init_bias: float = 0.1,
     ):
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"model.net.pool must be one of {tuple(POOLS)}, got {pool!r}")
-        c1, c2 = filters
+        net = "model.net."
+        checks.whole(net + "num_classes", num_classes, 1)
+        checks.whole(net + "image_size", image_size, 4)
+        c1, c2 = checks.wholes(net + "filters", filters, length=2)
+        if checks.whole(net + "kernel_size", kernel_size, 1) % 2 == 0:
+            raise ConfigError(f"{net}kernel_size={kernel_size}: must be odd (SAME padding)")
+        checks.whole(net + "hidden", hidden, 1)
+        checks.choice(net + "pool", pool, POOLS)
+        checks.probability(net + "keep_prob", keep_prob)
+        checks.choice(net + "init", init, INITS)
+        checks.positive(net + "init_std", init_std)
+        checks.number(net + "init_bias", init_bias)
         pad = kernel_size // 2  # SAME padding for odd kernels
         self.conv1 = nn.Conv2d(1, c1, kernel_size, padding=pad)
         self.conv2 = nn.Conv2d(c1, c2, kernel_size, padding=pad)
@@ -66,8 +79,6 @@ class DeepMnistCNN(nn.Module):
         self.keep_prob = keep_prob
         if init == "tensorflow":
             init_like_tensorflow(self, init_std, init_bias)
-        elif init != "pytorch":
-            raise ValueError(f"model.net.init must be 'tensorflow' or 'pytorch', got {init!r}")
 
     def _pool(self, x):
         if x.shape[-1] % 2:  # TF's SAME pooling pads odd sizes on the bottom/right

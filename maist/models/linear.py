@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from maist import checks
+
 
 class LinearSoftmax(nn.Module):
     """One linear layer from the flattened image to the logits (the softmax is in the loss).
@@ -16,6 +18,9 @@ class LinearSoftmax(nn.Module):
 
     def __init__(self, num_classes: int = 71, image_size: int = 28, zero_init: bool = True):
         super().__init__()
+        checks.whole("model.net.num_classes", num_classes, 1)
+        checks.whole("model.net.image_size", image_size, 4)
+        checks.flag("model.net.zero_init", zero_init)
         self.fc = nn.Linear(image_size * image_size, num_classes)
         if zero_init:
             nn.init.zeros_(self.fc.weight)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from maist import checks
+
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
@@ -34,6 +36,13 @@ class ModernCNN(nn.Module):
         channels_last: bool = False,
     ):
         super().__init__()
+        net = "model.net."
+        checks.whole(net + "num_classes", num_classes, 1)
+        checks.whole(net + "image_size", image_size, 4)
+        channels = checks.wholes(net + "channels", channels)
+        checks.whole(net + "convs_per_stage", convs_per_stage, 1)
+        checks.fraction(net + "dropout", dropout)
+        checks.flag(net + "channels_last", channels_last)
         layers, c_in = [], 1
         for i, c in enumerate(channels):
             layers += [conv_bn(c_in if k == 0 else c, c) for k in range(convs_per_stage)]
@@ -68,9 +77,8 @@ class ModernEnsemble(nn.Module):
 
     def __init__(self, members: int = 3, **net):
         super().__init__()
-        if int(members) < 1:
-            raise ValueError(f"members must be at least 1, got {members}")
-        self.members = nn.ModuleList(ModernCNN(**net) for _ in range(int(members)))
+        members = checks.whole("model.net.members", members, 1)
+        self.members = nn.ModuleList(ModernCNN(**net) for _ in range(members))
 
     def forward(self, x):
         return torch.stack([m(x).log_softmax(-1) for m in self.members]).mean(0)

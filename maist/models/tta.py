@@ -25,19 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maist import checks
 from maist.augment import affine_matrices, dilate, erode
+from maist.errors import ConfigError
 
 VIEW_KEYS = ("rotate", "scale", "stroke")
 
 
 def check_view(view: Mapping) -> dict[str, float]:
     """One view's settings with their defaults (the identity); unknown keys and a scale ≤ 0 fail."""
-    unknown = set(view) - set(VIEW_KEYS)
-    if unknown:
-        raise ValueError(f"test-time view {dict(view)}: unknown keys {sorted(unknown)} (known: {VIEW_KEYS})")
-    v = {"rotate": 0.0, "scale": 1.0, "stroke": 0.0, **{k: float(x) for k, x in view.items()}}
-    if v["scale"] <= 0:
-        raise ValueError(f"test-time view {dict(view)}: scale must be positive")
+    if not isinstance(view, Mapping) or set(view) - set(VIEW_KEYS):
+        raise ConfigError(f"model.net.views: {view!r} is not a view: a mapping of {', '.join(VIEW_KEYS)} (or {{}})")
+    name = "model.net.views"
+    v = {"rotate": 0.0, "scale": 1.0, "stroke": 0.0}
+    v.update({k: checks.number(f"{name}.{k}", x) for k, x in view.items()})
+    checks.positive(f"{name}.scale", v["scale"])
+    checks.number(f"{name}.stroke", v["stroke"], -1.0, 1.0)
     return v
 
 
@@ -87,13 +90,12 @@ class TestTimeAugmented(nn.Module):
 
     def __init__(self, views: Sequence[Mapping] = ({},), inner: str = "ModernCNN", **net):
         super().__init__()
-        from maist import models  # the package imports this module
+        from maist.models import NETS  # the package imports this module
 
         if not views:
-            raise ValueError("TestTimeAugmented needs at least one view")
-        cls = getattr(models, str(inner), None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or cls is TestTimeAugmented:
-            raise ValueError(f"inner={inner!r}: not a network of maist.models")
+            raise ConfigError("model.net.views=[]: needs at least one view ({} is the image as it is)")
+        inner_nets = [name for name, cls in NETS.items() if cls is not TestTimeAugmented]
+        cls = NETS[checks.choice("model.net.inner", inner, inner_nets)]
         self.net = cls(**net)
         self.views = [check_view(v) for v in views]
         # the sampling grids at the network's input size, made once (and a constant in an ONNX graph)
