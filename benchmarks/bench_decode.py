@@ -10,16 +10,16 @@ an ``ETL8INFO`` text file; 33 files are ~1.3 GB and 157,740 records. Images are 
 The files are freshly written and flushed to disk before timing (``os.sync``), so every approach
 reads them from the page cache and no write-back runs during the timings. Each timing is the
 best of ``--repeat`` runs (this machine is shared: the best run is the least disturbed one);
-the CPU column is that run's CPU time (user + system, all threads: ``read_etl8g`` decodes
+the CPU column is that run's CPU time (user + system, all threads: ``read_etl`` decodes
 files on a few threads, so its CPU time can exceed its wall time).
 
 Timed, side by side:
   (a) per record: ``struct.unpack`` of 8,199 bytes and ``PIL.Image.frombytes('F', (128, 127),
       image, 'bit', 4)`` to numpy, for every record (the usual published loader; timed on
       ``--baseline-files`` files and scaled linearly to the whole folder);
-  (b) ``read_etl8g(folder)``: every record;
-  (c) ``read_etl8g(folder, jis=<71 hiragana codes>)``: what the 71-class dataset decodes;
-  (d) ``EtlHiragana(folder, cache_dir=tmp)``: cold (decode + preprocess + write the cache,
+  (b) ``read_etl(folder)``: every record;
+  (c) ``read_etl(folder, codes=<71 hiragana codes>)``: what the 71-class dataset decodes;
+  (d) ``EtlDataset(folder, cache_dir=tmp)``: cold (decode + preprocess + write the cache,
       timed once), then warm (cache hit).
 The line "decode every record" prints (b)'s speed-up over (a), the ratio issue #10 asks to be
 at least 5×.
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, RECORD_DTYPE, RECORD_SIZE, pack_records, read_etl8g
+from maist.data.etl import ETL8G, pack_records, read_etl
 from maist.data.kana import ETL8G_SMALL, HIRAGANA71, char_to_jis, class_set
 
 STRUCT_FORMAT = ">2H8sI4B4H2B30x8128s11x"
@@ -65,7 +65,7 @@ def writer_block(seed: int = 0) -> np.ndarray:
 def random_images(n: int, seed: int = 0) -> np.ndarray:
     """(n, 127, 128) levels: faint noise (0–1) and 2 ink rectangles (9–15) per image."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 2, size=(n, IMAGE_HEIGHT, IMAGE_WIDTH), dtype=np.uint8)
+    images = rng.integers(0, 2, size=(n, ETL8G.height, ETL8G.width), dtype=np.uint8)
     tops = rng.integers(8, 80, size=(n, 2))
     lefts = rng.integers(8, 80, size=(n, 2))
     sizes = rng.integers(6, 40, size=(n, 2, 2))
@@ -85,7 +85,7 @@ def generate(folder: Path, n_files: int, seed: int = 0) -> int:
     jis = np.tile(block, WRITERS_PER_FILE)
     sheet = np.repeat(np.arange(1, WRITERS_PER_FILE + 1), len(block))
     base = pack_records(random_images(per_file, seed), jis, sheet)  # one file's bytes, once
-    recs = np.frombuffer(bytearray(base), dtype=RECORD_DTYPE)  # writable structured view
+    recs = np.frombuffer(bytearray(base), dtype=ETL8G.dtype)  # writable structured view
     for k in range(n_files):
         recs["sheet"] = sheet + k * WRITERS_PER_FILE  # cheap: only the header fields change
         recs["serial"] = np.arange(k * per_file + 1, (k + 1) * per_file + 1)
@@ -106,11 +106,11 @@ def per_record_decode(paths: list[Path]) -> tuple[int, np.ndarray]:
     for path in paths:
         with open(path, "rb") as f:
             while True:
-                s = f.read(RECORD_SIZE)
-                if len(s) < RECORD_SIZE:
+                s = f.read(ETL8G.record_size)
+                if len(s) < ETL8G.record_size:
                     break
                 r = struct.unpack(STRUCT_FORMAT, s)
-                img = np.asarray(Image.frombytes("F", (IMAGE_WIDTH, IMAGE_HEIGHT), r[14], "bit", 4))
+                img = np.asarray(Image.frombytes("F", (ETL8G.width, ETL8G.height), r[14], "bit", 4))
                 n += 1
     return n, img
 
@@ -173,32 +173,32 @@ def main(argv=None) -> None:
         scaled = base_files < n_files
 
         # (b) every record.
-        recs, t_b, cpu_b = timed(lambda: read_etl8g(folder), rep, "b")
+        recs, t_b, cpu_b = timed(lambda: read_etl(folder), rep, "b")
         assert len(recs) == total
-        assert np.array_equal(recs.images[n_a - 1], last), "read_etl8g and PIL disagree"
+        assert np.array_equal(recs.images[n_a - 1], last), "read_etl and PIL disagree"
         del recs
         # (c) the 71 hiragana only.
-        recs, t_c, cpu_c = timed(lambda: read_etl8g(folder, jis=codes71), rep)
+        recs, t_c, cpu_c = timed(lambda: read_etl(folder, codes=codes71), rep)
         kept = len(recs)
         assert kept == 71 * WRITERS_PER_FILE * n_files and kept + recs.skipped == total
         del recs
 
         # (d) the 71-class dataset, cold then warm.
-        from maist.data.dataset import EtlHiragana
+        from maist.data.dataset import EtlDataset
 
-        ds, t_cold, cpu_cold = timed(lambda: EtlHiragana(folder, cache_dir=cache))
+        ds, t_cold, cpu_cold = timed(lambda: EtlDataset(folder, cache_dir=cache))
         n_ds = len(ds)
         del ds
-        ds, t_warm, cpu_warm = timed(lambda: EtlHiragana(folder, cache_dir=cache), rep)
+        ds, t_warm, cpu_warm = timed(lambda: EtlDataset(folder, cache_dir=cache), rep)
         assert len(ds) == n_ds == kept
         del ds
 
         rows = [
             ("(a) struct + PIL per record" + (" *" if scaled else ""), total, total, t_a, cpu_a),
-            ("(b) read_etl8g(folder)", total, total, t_b, cpu_b),
-            ("(c) read_etl8g(folder, jis=71 codes)", total, kept, t_c, cpu_c),
-            ("(d) EtlHiragana 71 classes, cold", total, n_ds, t_cold, cpu_cold),
-            ("(d) EtlHiragana 71 classes, warm", total, n_ds, t_warm, cpu_warm),
+            ("(b) read_etl(folder)", total, total, t_b, cpu_b),
+            ("(c) read_etl(folder, codes=71 codes)", total, kept, t_c, cpu_c),
+            ("(d) EtlDataset 71 classes, cold", total, n_ds, t_cold, cpu_cold),
+            ("(d) EtlDataset 71 classes, warm", total, n_ds, t_warm, cpu_warm),
         ]
         print()
         print(f"{'approach':<40} {'records':>9} {'kept':>8} {'wall s':>8} {'CPU s':>7} {'records/s':>11} {'vs (a)':>7}")
@@ -206,14 +206,14 @@ def main(argv=None) -> None:
         for name, n, k, t, cpu in rows:
             print(f"{name:<40} {n:>9,} {k:>8,} {t:>8.2f} {cpu:>7.2f} {n / t:>11,.0f} {t_a / t:>6.1f}×")
         print()
-        pixels = IMAGE_HEIGHT * IMAGE_WIDTH
+        pixels = ETL8G.height * ETL8G.width
         if scaled:
             print(
                 f"* (a) was timed on {base_files} of {n_files} files ({n_a:,} records, "
                 f"{t_a_part:.2f} s) and scaled linearly to {total:,} records."
             )
         print(
-            f"decode every record: read_etl8g {t_a / t_b:.2f}× the per-record loader "
+            f"decode every record: read_etl {t_a / t_b:.2f}× the per-record loader "
             f"({t_b:.2f} s vs {t_a:.2f} s wall; {cpu_a / cpu_b:.2f}× in CPU time, "
             f"{cpu_b:.2f} s vs {cpu_a:.2f} s). Its first run took {FIRST_WALL['b']:.2f} s: the "
             "first touch of memory new to the process can cost more than the decoding itself "

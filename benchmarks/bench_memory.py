@@ -11,7 +11,7 @@ sheet and serial numbers (so no record is a copy of another).
 
 Measured, each in a fresh child process (its peak memory is its own ``ru_maxrss``):
 
-- cold: ``EtlHiragana(folder, "etl9g_all", Preprocess(64, …))``: decode file by file, preprocess,
+- cold: ``EtlDataset(folder, "etl9g_all", preprocess=Preprocess(64, …))``: decode file by file, preprocess,
   write the uint8 cache entry (the target: peak memory under 3 GB for the whole set);
 - warm: the same call again (a cache hit: the target, under a second), then
   ``MaistDataModule.setup`` (load, writer split, ink ratio), then one pass reading every image:
@@ -89,17 +89,15 @@ def per_record_load(paths: list[Path], size: int) -> np.ndarray:
 def decode_only(paths: list[Path]) -> int:
     """What the build does before preprocessing: read, check and unpack file by file (every
     character of etl9g_all kept, copies looked for); returns the records decoded."""
-    from maist.data.dataset import decode_source, first_copies
-    from maist.data.etl import check_size, list_sources
+    from maist.data.etl import Duplicates, iter_chunks, list_sources
     from maist.data.kana import class_set
 
     codes = np.fromiter(class_set("etl9g_all").jis_to_label, dtype=np.int32)
-    n, seen, buf = 0, set(), bytearray()
+    n, copies = 0, Duplicates()
     for path in paths:
         (src,) = list_sources(path)
-        buf = buf if len(buf) >= src.size else bytearray(src.size)
-        part = decode_source(src, check_size(src.size, src.name, src.layout), codes, buf)
-        n += int(first_copies(part.keys, seen).sum())
+        for chunk in iter_chunks(src, codes):
+            n += int(copies.first_copies(chunk.keys, chunk.pixels).sum())
     return n
 
 
@@ -128,11 +126,11 @@ def _memory() -> dict:
 
 
 def child(args) -> dict:
-    from maist.data.dataset import EtlHiragana
+    from maist.data.dataset import EtlDataset
 
     pre = preprocess_of(args.preprocess, args.image_size)
     started = time.perf_counter()
-    ds = EtlHiragana(args.folder, "etl9g_all", pre, cache_dir=args.cache)
+    ds = EtlDataset(args.folder, "etl9g_all", preprocess=pre, cache_dir=args.cache)
     out = {"seconds": time.perf_counter() - started, "records": len(ds), **_memory()}
     if args.child == "warm":
         from maist.data.datamodule import MaistDataModule

@@ -52,11 +52,11 @@ def fresh_predictor() -> Predictor:
 
 def canvas_png(char: str = "ぬ") -> bytes:
     """A kana of the shipped sample, dark on a white 280×280 RGBA canvas, as the page sends it."""
-    from maist.data.etl import read_etl8g
+    from maist.data.etl import read_etl
     from maist.data.kana import char_to_jis
     from maist.data.sample import SAMPLE_ZIP
 
-    levels = read_etl8g(SAMPLE_ZIP, jis=[char_to_jis(char)]).images[0]
+    levels = read_etl(SAMPLE_ZIP, codes=[char_to_jis(char)]).images[0]
     ink = Image.fromarray(np.round(255 * (1 - levels.astype(np.float32) / 15)).astype(np.uint8)).resize((250, 248))
     canvas = Image.new("RGBA", (280, 280), (255, 255, 255, 255))
     canvas.paste(ink.convert("RGBA"), (15, 16))

@@ -173,7 +173,7 @@ def training_data(ckpt: Path, train: str, folder: Path):
 def sources(train: str, test_writers: set[int], per_source: int, rng: np.random.Generator):
     """name → (raw levels (N, 127, 128), max_level, chars (N,)), the 46 basic hiragana only: the
     training set's held-out writers, the other set, the fonts."""
-    from maist.data.etl import read_etl8g
+    from maist.data.etl import read_etl
     from maist.data.kana import HIRAGANA71, jis_to_char
     from maist.data.sample import SAMPLE_ZIP
 
@@ -185,7 +185,7 @@ def sources(train: str, test_writers: set[int], per_source: int, rng: np.random.
         (other, ETL_DEV / SETS[other], lambda r: np.ones(len(r), bool)),
         ("fonts", SAMPLE_ZIP, lambda r: np.ones(len(r), bool)),
     ):
-        r = read_etl8g(path)
+        r = read_etl(path)
         chars = np.array([jis_to_char(int(j)) for j in r.jis])
         idx = np.nonzero(keep(r) & np.isin(chars, list(basic)))[0]
         if per_source and len(idx) > per_source:

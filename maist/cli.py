@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from maist.errors import UsageError, UserError, first_line
+from maist.text import printable
 
 EXIT_USAGE = 2
 
@@ -73,7 +74,7 @@ def cli(main_fn: Callable[[list[str]], int]) -> Callable[[list[str] | None], int
         try:
             return main_fn(sys.argv[1:] if argv is None else list(argv))
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {printable(err)}", file=sys.stderr)  # names from files are data: escaped
             return EXIT_USAGE
         except KeyboardInterrupt:
             return 130

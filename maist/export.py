@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maist.cli import cli, parse_cli
+from maist.errors import UsageError
 from maist.files import atomic_path
 from maist.images import FRAME_SIZE
-from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
+from maist.predict import Predictor, predictor_from_cli
 
 USAGE = "usage: python -m maist.export ckpt_path=CKPT [format=onnx] [out=PATH.onnx] [opset=17] [check_batch=32]"
 DEFAULTS = {"ckpt_path": None, "format": "onnx", "out": None, "opset": 17, "check_batch": 32, "torch_threads": 1}
@@ -113,7 +115,7 @@ def check_batch(predictor: Predictor, n: int = 32, seed: int = 0) -> torch.Tenso
     """A batch of network inputs: preprocessed records of the shipped sample (not ETL data) and
     random images, so the check covers real-looking and arbitrary inputs. (The check compares
     two runtimes of one network: any characters do, whatever the checkpoint's class set.)"""
-    from maist.data.etl import read_etl8g
+    from maist.data.etl import read_etl
     from maist.data.preprocess import etl_levels_to_float
     from maist.data.sample import SAMPLE_ZIP
 
@@ -121,7 +123,7 @@ def check_batch(predictor: Predictor, n: int = 32, seed: int = 0) -> torch.Tenso
     n_rec = n // 2
     parts = []
     try:
-        recs = read_etl8g(SAMPLE_ZIP)
+        recs = read_etl(SAMPLE_ZIP)
         idx = np.linspace(0, len(recs) - 1, n_rec).astype(int)
         parts.append(predictor.preprocess(etl_levels_to_float(recs.images[idx], recs.max_level))[:, None])
     except Exception:  # the sample is optional for this check

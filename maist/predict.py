@@ -33,8 +33,9 @@ from maist.cli import EXIT_USAGE, cli, float_option, int_option, parse_cli
 from maist.data.preprocess import Preprocess
 from maist.errors import CheckpointError, UsageError
 from maist.images import INK_FRAME_RATIO, ImageError, decode_image, list_images, load_image, to_model_input
+from maist.text import printable
 
-__all__ = ["Predictor", "CheckpointError", "UsageError", "parse_cli", "cli", "predictor_from_cli", "main"]
+__all__ = ["Predictor", "predictor_from_cli", "main"]
 
 
 class Predictor:
@@ -176,7 +177,8 @@ class Predictor:
             return feature_figures(self.net, x, **kwargs)
 
     def describe(self) -> str:
-        return (
+        """One line about the model (its file, network, classes, input and preprocessing), safe to print."""
+        return printable(
             f"{self.source}: {type(self.net).__name__}, {len(self.classes)} classes, "
             f"input 1×{self.image_size}×{self.image_size}, preprocess {self.preprocess_dict}, "
             f"ink_ratio {self.ink_ratio}, stroke_width "
@@ -251,20 +253,25 @@ def main(argv: list[str]) -> int:
     files = _inputs(cfg)
     predictor = predictor_from_cli(cfg, USAGE)
     failed = 0
+    # File names and the checkpoint's class names are data: printed with their control characters
+    # (and a file name's undecodable bytes) escaped, so no name can break a row, the JSON's UTF-8
+    # or the terminal.
+    names = {f: printable(f) for f in files}
     if cfg["format"] == "table":
-        width = max(len(str(f)) for f in files)
+        width = max(len(n) for n in names.values())
         print(f"{'input':<{width}}  " + "  ".join(f"top{i + 1:<7}" for i in range(k)))
     for f in files:
         try:
-            top = predictor.top_k([f], k=k)[0]
+            top = [(printable(c), p) for c, p in predictor.top_k([f], k=k)[0]]
         except ImageError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {printable(err)}", file=sys.stderr)
             failed += 1
             continue
         if cfg["format"] == "json":
-            print(json.dumps({"input": str(f), f"top{k}": [[c, round(p, 6)] for c, p in top]}, ensure_ascii=False))
+            doc = {"input": names[f], f"top{k}": [[c, round(p, 6)] for c, p in top]}
+            print(json.dumps(doc, ensure_ascii=False))
         else:
-            print(f"{str(f):<{width}}  " + "  ".join(f"{c} {p:6.1%}" for c, p in top))
+            print(f"{names[f]:<{width}}  " + "  ".join(f"{c} {p:6.1%}" for c, p in top))
         sys.stdout.flush()
     return EXIT_USAGE if failed else 0
 

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
+from maist.cli import cli, parse_cli
+from maist.errors import UsageError
+from maist.predict import Predictor, predictor_from_cli
+from maist.text import printable
 
 USAGE = (
     "usage: python -m maist.visualize ckpt_path=CKPT (char=ぬ [data_root=ETL8G|ETL9G|…] [record=0] | input=my.png) "
@@ -48,7 +51,7 @@ def record_of(char: str, data_root=None, record: int = 0) -> np.ndarray:
     """The ``record``-th record of ``char`` under ``data_root`` (any layout ``maist.data.etl``
     reads; default: the shipped, generated sample) as (H, W) float in [0, 1], ink bright, as
     training reads it (levels over the layout's own maximum: 15, or 1 for binary records)."""
-    from maist.data.etl import EtlFormatError, read_etl8g
+    from maist.data.etl import EtlFormatError, read_etl
     from maist.data.kana import char_to_jis
     from maist.data.preprocess import etl_levels_to_float
     from maist.data.sample import SAMPLE_ZIP
@@ -59,7 +62,7 @@ def record_of(char: str, data_root=None, record: int = 0) -> np.ndarray:
         raise UsageError(f"char={char!r}: not one JIS X 0208 character") from err
     root = Path(str(data_root)).expanduser() if data_root else SAMPLE_ZIP
     try:
-        recs = read_etl8g(root, jis=[code])
+        recs = read_etl(root, codes=[code])
     except (EtlFormatError, OSError) as err:
         raise UsageError(f"data_root: {str(err).splitlines()[0]}") from err
     if len(recs) == 0:
@@ -102,7 +105,7 @@ def main(argv: list[str]) -> int:
     top = predictor.top_k(x, k=int(cfg["k"]))[0]
     for path in write_figures(predictor, x, out, int(cfg["k"])):
         print(path)
-    print(f"top-{len(top)}: " + "  ".join(f"{c} {p:.1%}" for c, p in top), file=sys.stderr)
+    print(f"top-{len(top)}: " + "  ".join(f"{printable(c)} {p:.1%}" for c, p in top), file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, pack_records
+from maist.data.etl import ETL8G, pack_records
 from maist.data.kana import char_to_jis
 from maist.files import write_atomic
 
@@ -31,7 +31,7 @@ def blob_images(n: int, seed: int = 0) -> np.ndarray:
     so a test can tell records apart by their pixels.
     """
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 2, size=(n, IMAGE_HEIGHT, IMAGE_WIDTH), dtype=np.uint8)
+    images = rng.integers(0, 2, size=(n, ETL8G.height, ETL8G.width), dtype=np.uint8)
     for i in range(n):
         top, left = rng.integers(10, 70), rng.integers(10, 70)
         h, w = rng.integers(15, 50), rng.integers(15, 50)

@@ -1,4 +1,4 @@
-"""Preprocessing, the on-disk cache, EtlHiragana, splits, the sampler and the datamodule."""
+"""Preprocessing, the on-disk cache, EtlDataset, splits, the sampler and the datamodule."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import blob_images, etl_dev_set
+from torch.utils.data import DataLoader
+from torchvision.transforms import ToTensor
 
 import maist.data.cache as cache_mod
 import maist.data.datamodule as datamodule_mod
 import maist.data.dataset as dataset_mod
+import maist.data.part as part_mod
 from maist.data.cache import (
     NPY_HEADER_BYTES,
     RowWriter,
@@ -31,11 +34,13 @@ from maist.data.cache import (
     npy_header,
     save_small,
 )
-from maist.data.datamodule import BatchIndexSampler, MaistDataModule, Part
-from maist.data.dataset import EtlHiragana, check_loaded, load_arrays, to_float, to_uint8
-from maist.data.etl import EtlFormatError, pack_records, read_etl8g, write_etl8g
+from maist.data.datamodule import MaistDataModule
+from maist.data.dataset import EtlDataset, check_loaded, load_arrays, to_float, to_uint8
+from maist.data.etl import ETL8G, EtlFormatError, pack_records, read_etl, write_etl
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
+from maist.data.part import Part
 from maist.data.preprocess import etl_levels_to_float
+from maist.data.samplers import BatchIndexSampler
 from maist.data.split import make_split, split_by_writer, split_random
 from tests.helpers import plain_preprocess
 
@@ -61,7 +66,7 @@ def quantised(floats: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def read_calls(monkeypatch):
-    """Count the builds EtlHiragana does (each cache miss decodes the root once)."""
+    """Count the builds EtlDataset does (each cache miss decodes the root once)."""
     calls = []
     real = dataset_mod.build_arrays
 
@@ -174,12 +179,12 @@ def test_preprocess_rejects_bad_parameters():
         plain_preprocess(image_size=3)
 
 
-# ================================================================ EtlHiragana
+# ================================================================ EtlDataset
 
 
 def test_dataset_on_generated_records(hiragana_folder, tmp_path):
     src = hiragana_folder(HIRAGANA71, writers=range(100, 106), extra_jis=KANJI)
-    ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    ds = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     keep = ~np.isin(src["jis"], KANJI)
     h71 = class_set("hiragana71")
     assert len(ds) == 71 * 6 == keep.sum()
@@ -194,32 +199,36 @@ def test_dataset_on_generated_records(hiragana_folder, tmp_path):
     expected = TINY(etl_levels_to_float(src["images"][keep]))
     assert torch.equal(ds.images[:, 0], quantised(expected))
     torch.testing.assert_close(ds.data[:, 0], expected, atol=0.5 / 255 + 1e-6, rtol=0)
-    img, target = ds[5]
-    assert img.shape == (1, 8, 8) and img.dtype == torch.float32
-    assert torch.equal(img, ds.images[5].float() / 255)
+    img, target = ds[5]  # a PIL image, as torchvision's datasets hand their transforms
+    assert img.mode == "L" and img.size == (8, 8)
+    assert np.array_equal(np.asarray(img), ds.images[5, 0].numpy())
     assert target == h71.label_of(HIRAGANA71[5]) and isinstance(target, int)
-    assert ds.writer(71) == 101
+    assert ds.class_to_idx["あ"] == 0 and ds.class_to_idx[HIRAGANA71[5]] == target
+    assert ds.writers[71] == 101
     assert ds.class_counts() == {c: 6 for c in HIRAGANA71}
 
 
 def test_dataset_transforms(hiragana_folder, tmp_path):
     src = hiragana_folder("あい", writers=[1])
-    ds = EtlHiragana(
+    ds = EtlDataset(
         src["root"],
         preprocess=TINY,
         cache_dir=tmp_path / "c",
-        transform=lambda x: x * 0 - 1,
+        transform=ToTensor(),
         target_transform=lambda t: t + 1000,
     )
     img, target = ds[1]
-    assert (img == -1).all() and target == 1001
+    assert torch.equal(img, to_float(ds.images[1])) and target == 1001  # what training feeds the network
+    loader = DataLoader(ds, batch_size=2)
+    x, y = next(iter(loader))
+    assert x.shape == (2, 1, 8, 8) and y.tolist() == [1000, 1001]
 
 
 def test_class_set_that_selects_nothing(make_records, tmp_path):
     root = tmp_path / "kanji-only"
     make_records(root, jis=KANJI * 2, sheet=1)
     with pytest.raises(EtlFormatError) as err:
-        EtlHiragana(root, preprocess=TINY, cache_dir=tmp_path / "c")
+        EtlDataset(root, preprocess=TINY, cache_dir=tmp_path / "c")
     msg = str(err.value)
     assert str(root) in msg and "hiragana71" in msg and "6" in msg
     assert entries(tmp_path / "c") == [] and leftovers(tmp_path / "c") == []
@@ -227,7 +236,7 @@ def test_class_set_that_selects_nothing(make_records, tmp_path):
 
 def test_dataset_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        EtlHiragana(tmp_path / "nowhere", preprocess=TINY, cache_dir=tmp_path / "c")
+        EtlDataset(tmp_path / "nowhere", preprocess=TINY, cache_dir=tmp_path / "c")
 
 
 # ================================================================ cache
@@ -235,9 +244,9 @@ def test_dataset_missing_root(tmp_path):
 
 def test_second_load_hits_the_cache(hiragana_folder, tmp_path, read_calls):
     src = hiragana_folder("あいうえお", writers=[1, 2, 3])
-    first = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    first = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(read_calls) == 1 and len(entries(tmp_path / "c")) == 1
-    second = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    second = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(read_calls) == 1
     torch.testing.assert_close(second.data, first.data)
     assert second.targets.tolist() == first.targets.tolist()
@@ -247,23 +256,23 @@ def test_second_load_hits_the_cache(hiragana_folder, tmp_path, read_calls):
 
 def test_changed_mtime_misses(hiragana_folder, tmp_path, read_calls):
     src = hiragana_folder("あい", writers=[1, 2])
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     path = src["root"] / "ETL8G_02"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(read_calls) == 2 and len(entries(tmp_path / "c")) == 2
 
 
 def test_changed_size_misses_and_sees_new_records(hiragana_folder, tmp_path, read_calls):
     src = hiragana_folder("あい", writers=[1, 2])
-    before = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    before = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     path = src["root"] / "ETL8G_01"
     st = path.stat()
     more = pack_records(blob_images(1, seed=9), [char_to_jis("う")], [1])
     path.write_bytes(path.read_bytes() + more)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: only the size tells
-    after = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    after = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(read_calls) == 2
     assert len(after) == len(before) + 1
 
@@ -280,17 +289,17 @@ def test_changed_size_misses_and_sees_new_records(hiragana_folder, tmp_path, rea
 )
 def test_changed_parameters_miss(hiragana_folder, tmp_path, read_calls, change):
     src = hiragana_folder("あいっ", writers=[1, 2])
-    base = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    base = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     kwargs = {"preprocess": TINY, "class_set": "hiragana71", **change}
-    other = EtlHiragana(src["root"], cache_dir=tmp_path / "c", **kwargs)
+    other = EtlDataset(src["root"], cache_dir=tmp_path / "c", **kwargs)
     assert len(read_calls) == 2 and len(entries(tmp_path / "c")) == 2
     if "class_set" in change:
         assert len(other) == len(base) + 2  # っ is in the 75 classes
     elif change["preprocess"].threshold == 0:  # (these blobs have nothing below 0.2 to cut)
         assert other.data.shape != base.data.shape or not torch.equal(other.data, base.data)
     # And each is then a hit of its own.
-    EtlHiragana(src["root"], cache_dir=tmp_path / "c", **kwargs)
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    EtlDataset(src["root"], cache_dir=tmp_path / "c", **kwargs)
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(read_calls) == 2
 
 
@@ -310,8 +319,8 @@ def test_cache_key(hiragana_folder):
 def test_cache_off_writes_nothing(hiragana_folder, tmp_path, read_calls, monkeypatch):
     monkeypatch.setenv("MAIST_CACHE_DIR", str(tmp_path / "env-cache"))
     src = hiragana_folder("あい", writers=[1])
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=False)
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=False)
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=False)
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=False)
     assert len(read_calls) == 2
     assert not (tmp_path / "env-cache").exists()
 
@@ -319,7 +328,7 @@ def test_cache_off_writes_nothing(hiragana_folder, tmp_path, read_calls, monkeyp
 def test_default_cache_dir_follows_the_environment(hiragana_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("MAIST_CACHE_DIR", str(tmp_path / "env-cache"))
     src = hiragana_folder("あ", writers=[1])
-    EtlHiragana(src["root"], preprocess=TINY)  # cache_dir=None
+    EtlDataset(src["root"], preprocess=TINY)  # cache_dir=None
     assert len(entries(tmp_path / "env-cache")) == 1
 
 
@@ -335,10 +344,10 @@ def test_interrupted_savez_leaves_no_cache_file(hiragana_folder, tmp_path, read_
 
     monkeypatch.setattr(cache_mod.np, "savez", savez_then_die)
     with pytest.raises(KeyboardInterrupt):
-        EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+        EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert entries(tmp_path / "c") == [] and leftovers(tmp_path / "c") == []
     monkeypatch.setattr(cache_mod.np, "savez", real_savez)
-    ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    ds = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(ds) == 4 and len(read_calls) == 2 and len(entries(tmp_path / "c")) == 1
 
 
@@ -403,18 +412,18 @@ def test_interrupted_file_write_leaves_no_file(hiragana_folder, tmp_path, read_c
         if isinstance(exc, OSError):
             # The first write (the image array's header) fails before anything is decoded;
             # the build then runs again in a temporary folder outside the cache.
-            ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
+            ds = EtlDataset(src["root"], preprocess=TINY, cache_dir=cache)
             assert len(ds) == 4 and len(read_calls) == 2
         else:
             with pytest.raises(KeyboardInterrupt):
-                EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
+                EtlDataset(src["root"], preprocess=TINY, cache_dir=cache)
             assert len(read_calls) == 1
     assert entries(cache) == []  # nothing that could load as valid
     key = cache_key(src["root"], {"class_set": "hiragana71", "preprocess": TINY.as_dict()})
     assert [p.name for p in cache.iterdir()] == [f"{key}.lock"]  # no temporary left behind
     calls = len(read_calls)
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=cache)
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=cache)
     assert len(read_calls) == calls + 1  # one more build; then a hit
 
 
@@ -461,7 +470,7 @@ def _corrupt_more_rows(data: bytes) -> bytes:
 def test_corrupt_cache_file_is_recomputed(hiragana_folder, tmp_path, read_calls, caplog, name, corrupt):
     src = hiragana_folder("あいう", writers=[1, 2])
     cache = tmp_path / "c"
-    good = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
+    good = EtlDataset(src["root"], preprocess=TINY, cache_dir=cache)
     images, targets = good.images.clone(), good.targets.tolist()
     del good  # its memory map: a mapped file changed in place is a SIGBUS waiting to happen
     [entry] = entries(cache)
@@ -471,12 +480,12 @@ def test_corrupt_cache_file_is_recomputed(hiragana_folder, tmp_path, read_calls,
     else:
         path.write_bytes(corrupt(path.read_bytes()))
     with caplog.at_level(logging.WARNING, logger="maist.data.cache"):
-        again = EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)
+        again = EtlDataset(src["root"], preprocess=TINY, cache_dir=cache)
     assert len(read_calls) == 2
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith(f"deleting bad cache entry {entry} (")
     assert torch.equal(again.images, images) and again.targets.tolist() == targets
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=cache)  # rewritten: a hit now
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=cache)  # rewritten: a hit now
     assert len(read_calls) == 2 and entries(cache) == [entry] and leftovers(cache) == [entry.name]
 
 
@@ -786,7 +795,7 @@ def test_part_of():
 
 
 def test_part_to_a_device_is_a_compact_copy(monkeypatch):
-    monkeypatch.setattr(datamodule_mod, "COPY_CHUNK", 2)  # several chunks
+    monkeypatch.setattr(part_mod, "COPY_CHUNK", 2)  # several chunks
     part = Part.of(fake_dataset(), np.array([9, 1, 4, 8, 0]))
     moved = part.to("cpu")
     assert moved.rows is None and moved.store.shape == (5, 1, 2, 2) and moved.store.is_contiguous()
@@ -854,10 +863,10 @@ def test_training_images_go_to_the_device(hiragana_folder, tmp_path, monkeypatch
 def etl4c_writers(etl_dev, tmp_path):
     """The records of the first 12 writers of etl4c-46, as an ETL8G file in a temporary folder
     that is deleted after the test (preprocessing all 5,880 would take ~10 s)."""
-    recs = read_etl8g(etl_dev_set(etl_dev, "etl4c-46") / "ETL8G_01")
+    recs = read_etl(etl_dev_set(etl_dev, "etl4c-46") / "ETL8G_01")
     keep = recs.sheet < 5013
     folder = tmp_path / "etl4c-12"
-    write_etl8g(folder / "ETL8G_01", recs.images[keep], recs.jis[keep], recs.sheet[keep], recs.serial[keep])
+    write_etl(folder / "ETL8G_01", ETL8G, recs.images[keep], recs.jis[keep], recs.sheet[keep], recs.serial[keep])
     yield folder, recs.images[keep]
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -866,7 +875,7 @@ def test_etl4c_through_the_dataset(etl4c_writers, scratch_cache):
     """ETL4C's light scans (paper ~4/15, ink ≤ 9/15) come out of preprocessing like dark ones."""
     root, raw = etl4c_writers
     assert np.median(raw.reshape(len(raw), -1), axis=1).min() >= 3  # grey paper going in
-    ds = EtlHiragana(root, preprocess=plain_preprocess(image_size=28), cache_dir=scratch_cache)
+    ds = EtlDataset(root, preprocess=plain_preprocess(image_size=28), cache_dir=scratch_cache)
     assert len(ds) == 12 * 49 and ds.skipped == 0
     assert torch.unique(ds.writers).tolist() == list(range(5001, 5013))
     counts = ds.class_counts()
@@ -901,7 +910,7 @@ def test_dataset_drops_duplicate_records(hiragana_folder, tmp_path, read_calls, 
     for _ in range(2):  # decoded, then from the cache: the same, and the same warning
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="maist.data.dataset"):
-            ds = EtlHiragana(root, preprocess=TINY, cache_dir=tmp_path / "c")
+            ds = EtlDataset(root, preprocess=TINY, cache_dir=tmp_path / "c")
         assert len(ds) == 30 and ds.duplicates == 15 and ds.skipped == 0
         assert ds.writers.tolist() == src["sheet"].tolist()
         assert torch.equal(ds.images[:, 0], quantised(TINY(etl_levels_to_float(src["images"]))))
@@ -976,7 +985,7 @@ def test_inconsistent_cache_entry_is_deleted_and_rewritten(hiragana_folder, tmp_
     write_entry(entry, arrays)  # valid files, inconsistent inside
 
     with caplog.at_level(logging.WARNING, logger="maist.data.cache"):
-        ds = EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+        ds = EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
 
     assert len(read_calls) == 2  # recomputed
     assert len(ds) == 9 and ds.targets.tolist() == good["labels"].tolist()
@@ -988,7 +997,7 @@ def test_inconsistent_cache_entry_is_deleted_and_rewritten(hiragana_folder, tmp_
     assert check_loaded(rewritten, image_size=8) is None and sorted(rewritten) == sorted(good)
     for key in good:
         np.testing.assert_array_equal(rewritten[key], good[key])
-    EtlHiragana(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
+    EtlDataset(src["root"], preprocess=TINY, cache_dir=tmp_path / "c")
     assert len(read_calls) == 2  # a hit
 
 

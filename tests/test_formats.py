@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import blob_images
 
-from maist.data.dataset import EtlHiragana, load_arrays
+from maist.data.dataset import EtlDataset, load_arrays
 from maist.data.etl import (
     ETL1,
     ETL7,
@@ -26,7 +26,6 @@ from maist.data.etl import (
     list_sources,
     pack_records,
     read_etl,
-    read_etl8g,
     record_dtype,
     write_etl,
 )
@@ -252,7 +251,7 @@ def test_zip_of_etl1_files(tmp_path):
     assert "".join(jis_to_char(int(j)) for j in recs.jis) == "０１アイ"
     assert recs.sheet.tolist() == [1001, 1002, 1001, 1001]
     np.testing.assert_array_equal(recs.images, images[[2, 3, 0, 1]])
-    katakana = read_etl8g(archive, jis=class_set("katakana46").jis_to_label)  # the old name
+    katakana = read_etl(archive, codes=class_set("katakana46").jis_to_label)  # the old name
     assert "".join(jis_to_char(int(j)) for j in katakana.jis) == "アイ" and katakana.skipped == 2
 
 
@@ -372,8 +371,11 @@ def test_dataset_reads_etl8b2_with_ink_at_one(tmp_path):
         images[k, 10 + k : 40, 20 : 30 + k] = 1
     jis = [A, I, char_to_jis("っ"), A, I, 0x3021]
     write_etl(tmp_path / "etl" / "ETL8B2C1", ETL8B2, images, jis, [1, 1, 1, 2, 2, 2])
-    ds = EtlHiragana(
-        tmp_path / "etl", "hiragana75", plain_preprocess(image_size=16, contrast="none"), cache_dir=tmp_path / "c"
+    ds = EtlDataset(
+        tmp_path / "etl",
+        "hiragana75",
+        preprocess=plain_preprocess(image_size=16, contrast="none"),
+        cache_dir=tmp_path / "c",
     )
     assert len(ds) == 5 and ds.skipped == 1 and ds.writers.tolist() == [1, 1, 1, 2, 2]
     assert [ds.classes[t] for t in ds.targets.tolist()] == list("あいっあい")
@@ -394,6 +396,6 @@ def test_dataset_reads_etl1_katakana(tmp_path):
 def test_class_set_the_source_lacks_is_an_error(tmp_path, make_records, name):
     make_records(tmp_path / "etl", jis=[A, I, U], sheet=1)  # ETL8G hiragana only
     with pytest.raises(EtlFormatError) as err:
-        EtlHiragana(tmp_path / "etl", name, TINY, cache_dir=tmp_path / "c")
+        EtlDataset(tmp_path / "etl", name, preprocess=TINY, cache_dir=tmp_path / "c")
     msg = str(err.value)
     assert f"none of its 3 ETL8G records belongs to class set {name!r}" in msg

@@ -7,7 +7,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from maist.data.dataset import EtlHiragana
+from maist.data.dataset import EtlDataset
 from maist.data.kana import (
     CLASS_SET_NAMES,
     ETL8G_SMALL,
@@ -171,7 +171,7 @@ def test_unknown_class_set():
 def test_dataset_rejects_unknown_class_set(tmp_path, make_records):
     make_records(tmp_path / "etl", jis=[0x2422], sheet=1)
     with pytest.raises(ValueError, match="hiragana70"):
-        EtlHiragana(tmp_path / "etl", class_set="hiragana70", preprocess=TINY, cache_dir=tmp_path / "c")
+        EtlDataset(tmp_path / "etl", class_set="hiragana70", preprocess=TINY, cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists()
 
 
@@ -181,12 +181,12 @@ def test_labels_come_from_jis_codes_not_readings(tmp_path, make_records):
     # Every reading names another character: a loader labelling by reading would get them wrong.
     lies = [b"KA.HIRA ", b"A.HIRA  ", b"YA.HIRA ", b"N.HIRA  "]
     make_records(tmp_path / "etl", jis=jis, sheet=1, reading=lies)
-    h71 = EtlHiragana(tmp_path / "etl", "hiragana71", TINY, cache_dir=tmp_path / "c")
+    h71 = EtlDataset(tmp_path / "etl", "hiragana71", preprocess=TINY, cache_dir=tmp_path / "c")
     assert [h71.classes[t] for t in h71.targets.tolist()] == list("あかん")  # ゃ skipped
     assert h71.skipped == 1
-    h75 = EtlHiragana(tmp_path / "etl", "hiragana75", TINY, cache_dir=tmp_path / "c")
+    h75 = EtlDataset(tmp_path / "etl", "hiragana75", preprocess=TINY, cache_dir=tmp_path / "c")
     assert [h75.classes[t] for t in h75.targets.tolist()] == list("あかんゃ")
-    merged = EtlHiragana(tmp_path / "etl", "hiragana71_merged", TINY, cache_dir=tmp_path / "c")
+    merged = EtlDataset(tmp_path / "etl", "hiragana71_merged", preprocess=TINY, cache_dir=tmp_path / "c")
     assert [merged.classes[t] for t in merged.targets.tolist()] == list("あかんや")
     assert merged.targets[3] == class_set("hiragana71_merged").label_of("や")
     assert merged.skipped == 0
@@ -200,6 +200,6 @@ def test_labels_of_every_class(tmp_path, make_records):
         sheet=7,
         images=np.zeros((len(chars), 127, 128), np.uint8),
     )
-    ds = EtlHiragana(tmp_path / "etl", "hiragana75", TINY, cache_dir=tmp_path / "c")
+    ds = EtlDataset(tmp_path / "etl", "hiragana75", preprocess=TINY, cache_dir=tmp_path / "c")
     assert [ds.classes[t] for t in ds.targets.tolist()] == list(chars)
     assert ds.class_counts() == {c: 1 for c in class_set("hiragana75").classes}

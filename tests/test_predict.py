@@ -34,14 +34,14 @@ _cache: dict[str, object] = {}
 
 def sample_records(chars: str = TINY_CHARS):
     """(images (N, 127, 128) levels 0..15, chars (N,), sheets (N,)) of the shipped sample."""
-    from maist.data.etl import read_etl8g
+    from maist.data.etl import read_etl
     from maist.data.kana import char_to_jis, jis_to_char
     from maist.data.sample import SAMPLE_ZIP
 
     key = f"records:{chars}"
     with _lock:
         if key not in _cache:
-            r = read_etl8g(SAMPLE_ZIP, jis=[char_to_jis(c) for c in chars])
+            r = read_etl(SAMPLE_ZIP, codes=[char_to_jis(c) for c in chars])
             _cache[key] = (r.images, np.array([jis_to_char(int(j)) for j in r.jis]), r.sheet.copy())
     return _cache[key]
 
@@ -233,6 +233,36 @@ def test_cli_table_and_json(tiny_ckpt, pictures, tmp_path, capsys):
     assert rc == 2  # the readable pictures are still predicted
     assert "ku.png" in out and "tsu.jpg" in out and "top1" in out
     assert err.strip().count("\n") == 0 and "broken.png" in err and "Traceback" not in err
+
+
+def test_names_from_files_cannot_break_the_output(tiny_ckpt, pictures, tmp_path):
+    """A file name with a newline or undecodable bytes, and class names from the checkpoint holding
+    terminal escape sequences, print escaped: one table row each, valid UTF-8 JSON, no control
+    character reaching the terminal."""
+    import os
+    import shutil
+
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["hyper_parameters"]["classes"] = [f"\x1b[2J{c}\u202e" for c in ckpt["hyper_parameters"]["classes"]]
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save(ckpt, hostile)
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    odd = [b"two\nlines.png", b"latin1-\xe9.png"]
+    for name in odd:
+        shutil.copy(pictures / "ku.png", os.path.join(os.fsencode(folder), name))
+    for fmt in ("table", "json"):
+        proc = run_cli("maist.predict", f"ckpt_path={hostile}", f"inputs=[{folder}]", f"format={fmt}", "k=2")
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout.encode("utf-8", "surrogateescape")
+        out.decode("utf-8")  # valid UTF-8
+        assert b"\x1b" not in out and "\u202e".encode() not in out
+        lines = proc.stdout.splitlines()
+        assert len(lines) == len(odd) + (fmt == "table")
+        if fmt == "json":
+            rows = [json.loads(line) for line in lines]
+            assert sorted(Path(r["input"]).name for r in rows) == ["latin1-\\xe9.png", "two\\nlines.png"]
+            assert rows[0]["top2"][0][0] == "\\x1b[2Jく\\u202e"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from maist.augment import dilate, erode
-from maist.data.etl import read_etl8g
+from maist.data.etl import read_etl
 from maist.data.kana import HIRAGANA71, jis_to_char
 from maist.data.preprocess import Preprocess, despeckle, etl_levels_to_float, stretch_contrast
 from maist.data.sample import SAMPLE_ZIP
@@ -46,7 +46,7 @@ def default_preprocess(**changes) -> Preprocess:
 def voiced_records() -> tuple[torch.Tensor, tuple[str, ...]]:
     """The sample's voiced records of every ``WRITER_STEP``-th writer: float (N, 127, 128), ink
     bright, and their characters."""
-    r = read_etl8g(SAMPLE_ZIP)
+    r = read_etl(SAMPLE_ZIP)
     chars = np.array([jis_to_char(int(j)) for j in r.jis])
     writers = np.unique(r.sheet)[::WRITER_STEP]
     keep = np.nonzero(np.isin(chars, VOICED) & np.isin(r.sheet, writers))[0]

@@ -11,7 +11,7 @@ The caller's ``build(folder)`` writes an entry into a temporary folder beside it
 (:class:`RowWriter` for a big array filled in order, :func:`save_small` for the rest), which is
 renamed into place when complete: an entry is there whole or not at all, whatever interrupts
 the build (a build killed outright leaves its temporary folder, which the next build of the
-entry deletes). A lock file ``<key>.lock`` beside the entry (``fcntl.flock``) makes processes that
+entry deletes). A lock file ``<key>.lock`` beside the entry (``filelock``) makes processes that
 miss at the same time (DDP ranks started together by SLURM) build it once: the first builds,
 the others wait for it and then load its entry.
 
@@ -26,7 +26,6 @@ are then built in a temporary folder that is deleted once they are loaded.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,14 +38,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from maist.data.etl import list_sources
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # bump when the preprocessing code changes what it computes
+CACHE_VERSION = 4  # bump when the preprocessing code changes what it computes
 # 2: duplicate records are dropped when decoding, and their count is stored
 # 3: an entry is a folder: images as uint8 round(255 x) in a memory-mapped .npy, the rest in an npz
+# 4: each record's identity and pixel digests are stored (copies across roots), and same_pixels
 
 SMALL_FILE = "arrays.npz"  # the small arrays of an entry
 NPY_HEADER_BYTES = 128  # the .npy header RowWriter writes (version 1.0, padded: room for any shape)
@@ -151,6 +152,8 @@ class RowWriter:
 
     def append(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if not len(rows):
+            return
         if rows.shape[1:] != self.row_shape:
             raise ValueError(f"rows of shape {rows.shape[1:]}, expected {self.row_shape}")
         if self.count + len(rows) > self.capacity:
@@ -230,23 +233,22 @@ def _remove(entry: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    """Hold an exclusive ``flock`` on ``path`` (created if need be; never deleted, as deleting a
-    lock file would let two processes hold "the" lock on two files)."""
+    """Hold the exclusive lock of the file ``path`` (``filelock``: an OS lock, released when the
+    process dies; the file is left in place)."""
+    lock = FileLock(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("another process is building %s: waiting for it", path.with_suffix(""))
+            lock.acquire()
     except OSError as err:
         raise CacheWriteError(err.errno, f"cannot create the lock file {path}: {err}") from err
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is building %s: waiting for it", path.with_suffix(""))
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _build_entry(entry: Path, build: Callable[[Path], None]) -> None:

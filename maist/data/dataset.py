@@ -1,11 +1,12 @@
 """ETL characters (any supported layout, any class set) as a dataset, in torchvision's manner.
 
-Storage: the records under a root are decoded file by file, preprocessed, and written as uint8
-``round(255 x)`` of the preprocessed values ``x`` in [0, 1] into one on-disk array that is the
-cache entry (:mod:`maist.data.cache`), loaded memory-mapped. So a set never needs more memory
-than one file's records and one chunk of floats (ETL9G at 64×64: 2.5 GB on disk, not 10 GB of
-float32 in every process), a warm load maps the file instead of reading it, and processes that
-load the same entry share its pages. Floats are made per batch: :func:`to_float`.
+Storage: the records under a root are decoded chunk by chunk (:func:`maist.data.etl.iter_chunks`,
+the one reader), preprocessed, and written as uint8 ``round(255 x)`` of the preprocessed values
+``x`` in [0, 1] into one on-disk array that is the cache entry (:mod:`maist.data.cache`), loaded
+memory-mapped. So a set never needs more memory than a few chunks of records (ETL9G at 64×64:
+2.5 GB on disk, not 10 GB of float32 in every process), a warm load maps the file instead of
+reading it, and processes that load the same entry share its pages. Files are decoded and
+preprocessed side by side on the cores; floats are made per batch (:func:`to_float`).
 """
 
 from __future__ import annotations
@@ -14,19 +15,24 @@ import logging
 import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.datasets import VisionDataset
 from tqdm.auto import tqdm
 
+from maist import checks
 from maist.data.cache import RowWriter, cached_arrays, check_arrays, save_small
-from maist.data.etl import EtlFormatError, Source, check_size, jis_codes, list_sources, read_source, unpack_images
+from maist.data.etl import Duplicates, EtlFormatError, Source, check_size, iter_chunks, list_sources
 from maist.data.kana import class_set as get_class_set
 from maist.data.preprocess import Preprocess, etl_levels_to_float
+from maist.data.split import SPLIT_BY, SPLIT_SEED, SPLITS, TEST_FRACTION, VAL_FRACTION, make_split
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +58,16 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 # What load_arrays returns (and caches): one entry per record, with its dimensions ...
-PER_RECORD = {"images": 3, "labels": 1, "writers": 1, "jis": 1}
+PER_RECORD = {"images": 3, "labels": 1, "writers": 1, "jis": 1, "keys": 1, "pixels": 1}
 # ... and counts for the whole root.
-COUNTS = ("skipped", "duplicates")
+COUNTS = ("skipped", "duplicates", "same_pixels")
 
 
-def check_loaded(arrays: dict[str, np.ndarray], image_size: int | None = None) -> str | None:
-    """What is wrong with arrays read back from the cache, or None."""
+def check_loaded(
+    arrays: dict[str, np.ndarray], image_size: int | None = None, class_set: str | None = None
+) -> str | None:
+    """What is wrong with arrays read back from the cache, or None: their shapes and types, and
+    their labels, which must be the class set's labels of their records' codes."""
     if problem := check_arrays(arrays, PER_RECORD, COUNTS):
         return problem
     images = arrays["images"]
@@ -69,87 +78,90 @@ def check_loaded(arrays: dict[str, np.ndarray], image_size: int | None = None) -
     for key in ("labels", "writers", "jis", *COUNTS):
         if arrays[key].dtype.kind not in "iu":
             return f"{key} are {arrays[key].dtype}, not integers"
+    for key in ("keys", "pixels"):
+        if arrays[key].dtype != np.dtype("S16"):
+            return f"{key} are {arrays[key].dtype}, not 16-byte digests"
+    if class_set is not None:
+        labels = label_lookup(class_set)
+        jis = arrays["jis"]
+        if len(jis) and (jis.min() < 0 or jis.max() >= len(labels)):
+            return f"codes outside class set {class_set}"
+        if not np.array_equal(labels[jis], arrays["labels"]):
+            return f"labels that are not class set {class_set}'s labels of the records' codes"
     return None
 
 
-# ---------------------------------------------------------------- decoding, file by file
+def label_lookup(class_set: str) -> np.ndarray:
+    """JIS X 0208 code → label of ``class_set`` (-1: not in the set), as one array."""
+    cs = get_class_set(class_set)
+    codes = np.fromiter(cs.jis_to_label, dtype=np.int64)
+    lookup = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
+    lookup[codes] = list(cs.jis_to_label.values())
+    return lookup
+
+
+# ---------------------------------------------------------------- building the cache
 
 
 @dataclass
-class SourceRecords:
-    """The records of one file that belong to the class set, as stored (native size)."""
+class _File:
+    """One file's records of the class set, preprocessed (what a build worker returns)."""
 
-    images: np.ndarray  # (n, H, W) uint8 levels 0..max_level
-    jis: np.ndarray  # (n,) int32 JIS X 0208 codes
-    sheet: np.ndarray  # (n,) writers
-    keys: np.ndarray  # (n, k) uint8: what tells a copy of a record (see record_keys)
-    skipped: int  # records of other characters
-
-
-def record_keys(headers: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """(n, k) bytes per record: ``headers`` (every byte outside its image) and two 64-bit
-    wrap-around sums of its pixels' 8-byte words (plain and weighted by position). Records with
-    equal keys are copies of each other: real ETL records differ in their headers (serial
-    numbers), so equal headers with equal pixel sums means a file read twice."""
-    n = len(images)
-    words = np.ascontiguousarray(images).reshape(n, int(np.prod(images.shape[1:]))).view("<u8")
-    weights = np.arange(1, words.shape[1] + 1, dtype=np.uint64)
-    sums = np.empty((n, 2), np.uint64)
-    for i in range(0, n, CHUNK):  # the weighted product is a temporary as big as the block
-        block = words[i : i + CHUNK]
-        sums[i : i + CHUNK, 0] = block.sum(axis=1, dtype=np.uint64)
-        sums[i : i + CHUNK, 1] = (block * weights).sum(axis=1, dtype=np.uint64)
-    return np.concatenate([headers, sums.view(np.uint8).reshape(n, 16)], axis=1)
+    images: list[np.ndarray]  # stored uint8 blocks (n, S, S)
+    jis: np.ndarray
+    sheet: np.ndarray
+    keys: np.ndarray
+    pixels: np.ndarray
+    skipped: int
 
 
-def decode_source(src: Source, n: int, codes: np.ndarray, buf: bytearray) -> SourceRecords:
-    """Read and check one file (``n`` records, its dummy included), keep the records whose code
-    is in ``codes`` and unpack their images; ``buf`` is the read buffer, reused across files
-    (nothing returned points into it)."""
-    layout = src.layout
-    recs = read_source(src, buf, n)
-    codes_here = jis_codes(layout, recs["jis"])
-    kept = np.flatnonzero(np.isin(codes_here, codes))
-    raw = recs.view(np.uint8).reshape(len(recs), layout.record_size)
-    headers = np.concatenate([raw[kept, : layout.image_offset], raw[kept, layout.image_end :]], axis=1)
-    packed = recs["image"] if len(kept) == len(recs) else recs["image"][kept]  # copy only a selection
-    images = unpack_images(packed, layout=layout)
-    return SourceRecords(
-        images,
-        codes_here[kept].astype(np.int32),
-        recs["sheet"][kept].astype(np.int64),
-        record_keys(headers, images),
-        len(recs) - len(kept),
-    )
+def _preprocess_file(src: Source, codes: np.ndarray, preprocess: Preprocess, bar) -> _File:
+    """Decode one file chunk by chunk and preprocess its kept records ``CHUNK`` at a time."""
+    images, jis, sheet, keys, pixels, skipped = [], [], [], [], [], 0
+    for chunk in iter_chunks(src, codes):
+        for i in range(0, len(chunk.images), CHUNK):
+            block = etl_levels_to_float(chunk.images[i : i + CHUNK], src.layout.max_level)
+            images.append(to_uint8(preprocess(block)))
+        jis.append(chunk.jis)
+        sheet.append(chunk.sheet)
+        keys.append(chunk.keys)
+        pixels.append(chunk.pixels)
+        skipped += chunk.skipped
+        bar.update(len(chunk.images) + chunk.skipped)
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    return _File(images, cat(jis, np.int32), cat(sheet, np.int64), cat(keys, "S16"), cat(pixels, "S16"), skipped)
 
 
-def first_copies(keys: np.ndarray, seen: set[bytes]) -> np.ndarray:
-    """Mask of the records whose key is not in ``seen`` nor earlier in ``keys``; adds theirs."""
-    keep = np.ones(len(keys), dtype=bool)
-    for i, key in enumerate(map(bytes, keys)):
-        if key in seen:
-            keep[i] = False
-        else:
-            seen.add(key)
-    return keep
+def build_workers(sources: list[Source]) -> int:
+    """Files built side by side: one per core (each thread's torch work runs on one thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(len(sources), cores or 1))
+
+
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_arrays(root, class_set: str, preprocess: Preprocess, folder: Path) -> None:
-    """Decode, select and preprocess the records under ``root`` file by file, into ``folder``:
-    ``images.npy`` (N, S, S) uint8 (written row by row, never held whole) and ``arrays.npz``
-    (labels, writers, jis, skipped, duplicates). Records are kept in file order; a copy of an
-    earlier record (a file read twice) is dropped and counted."""
+    """Decode, select and preprocess the records under ``root`` into ``folder``: ``images.npy``
+    (N, S, S) uint8 (written file by file, never held whole) and ``arrays.npz`` (labels, writers,
+    jis, keys, pixels, skipped, duplicates, same_pixels). Records are kept in file order; copies
+    are dropped by :class:`~maist.data.etl.Duplicates`. Files are built side by side, one a core."""
     cs = get_class_set(class_set)
     sources = list_sources(root)
     layout = sources[0].layout
     counts = [check_size(src.size, src.name, layout) for src in sources]  # every file, before any decoding
     capacity = sum(counts) - (len(sources) if layout.dummy_first else 0)
     codes = np.fromiter(cs.jis_to_label, dtype=np.int32)
-    lookup = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
-    lookup[codes] = list(cs.jis_to_label.values())
-    jis, writers, seen, buf = [], [], set(), bytearray()
-    skipped = duplicates = 0
-    side = preprocess.image_size
+    duplicates = Duplicates()
+    jis, writers, keys, pixels, skipped = [], [], [], [], 0
+    side, workers = preprocess.image_size, build_workers(sources)
     started = time.perf_counter()
     log.info(
         "decoding and preprocessing %s (%s records in %d files; once: the result is cached)",
@@ -160,22 +172,21 @@ def build_arrays(root, class_set: str, preprocess: Preprocess, folder: Path) -> 
     with (
         RowWriter(folder / "images.npy", capacity, (side, side)) as out,
         tqdm(total=capacity, unit="rec", unit_scale=True, desc="decoding", disable=None) as bar,
+        _torch_threads(1 if workers > 1 else torch.get_num_threads()),
+        ThreadPoolExecutor(workers, thread_name_prefix="maist-build") as pool,
     ):
-        for src, n in zip(sources, counts):
-            if len(buf) < src.size:
-                buf = bytearray(src.size)
-            part = decode_source(src, n, codes, buf)
-            keep = first_copies(part.keys, seen)
-            duplicates += int((~keep).sum())
+        build = partial(_preprocess_file, codes=codes, preprocess=preprocess, bar=bar)
+        for part in _in_order(pool, build, sources, window=2 * workers):
+            keep = duplicates.first_copies(part.keys, part.pixels)
+            rows = np.flatnonzero(keep)
+            if part.images:
+                stored = np.concatenate(part.images)
+                out.append(stored if len(rows) == len(stored) else stored[rows])
+            jis.append(part.jis[rows])
+            writers.append(part.sheet[rows])
+            keys.append(part.keys[rows])
+            pixels.append(part.pixels[rows])
             skipped += part.skipped
-            bar.update(part.skipped + int((~keep).sum()))
-            images = part.images if keep.all() else part.images[keep]
-            for i in range(0, len(images), CHUNK):
-                block = etl_levels_to_float(images[i : i + CHUNK], layout.max_level)
-                out.append(to_uint8(preprocess(block)))
-                bar.update(len(block))
-            jis.append(part.jis[keep])
-            writers.append(part.sheet[keep])
     if out.count == 0:
         raise EtlFormatError(
             f"{root}: none of its {skipped:,} {layout.name} records belongs to class set "
@@ -185,11 +196,14 @@ def build_arrays(root, class_set: str, preprocess: Preprocess, folder: Path) -> 
     jis = np.concatenate(jis)
     save_small(
         folder,
-        labels=lookup[jis],
+        labels=label_lookup(class_set)[jis],
         writers=np.concatenate(writers),
         jis=jis,
+        keys=np.concatenate(keys),
+        pixels=np.concatenate(pixels),
         skipped=np.array(skipped),
-        duplicates=np.array(duplicates),
+        duplicates=np.array(duplicates.dropped),
+        same_pixels=np.array(duplicates.same_pixels),
     )
     seconds = time.perf_counter() - started
     log.info(
@@ -202,13 +216,26 @@ def build_arrays(root, class_set: str, preprocess: Preprocess, folder: Path) -> 
     )
 
 
+def _in_order(pool: ThreadPoolExecutor, fn, items: list, window: int):
+    """``fn`` over ``items`` on ``pool``, results in order, at most ``window`` submitted ahead (so
+    finished files wait in memory only while an earlier one is still being built)."""
+    pending = [pool.submit(fn, item) for item in items[:window]]
+    for i in range(len(items)):
+        result = pending[i].result()
+        pending[i] = None
+        if i + window < len(items):
+            pending.append(pool.submit(fn, items[i + window]))
+        yield result
+
+
 def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) -> dict[str, np.ndarray]:
     """The records under ``root`` of ``class_set``, preprocessed (cached on disk): ``images``
-    (N, S, S) uint8 memory-mapped, ``labels``, ``writers``, ``jis``, ``skipped``, ``duplicates``."""
+    (N, S, S) uint8 memory-mapped, ``labels``, ``writers``, ``jis``, ``keys``, ``pixels`` and the
+    counts ``skipped``, ``duplicates``, ``same_pixels``."""
     cs = get_class_set(class_set)
     params = {"class_set": class_set, "preprocess": preprocess.as_dict()}
     build = partial(build_arrays, root, class_set, preprocess)
-    validate = partial(check_loaded, image_size=preprocess.image_size)
+    validate = partial(check_loaded, image_size=preprocess.image_size, class_set=class_set)
     arrays = cached_arrays(root, params, build, cache_dir, validate=validate)
     present = np.zeros(cs.num_classes, dtype=bool)
     present[arrays["labels"]] = True
@@ -230,29 +257,52 @@ def load_arrays(root, class_set: str, preprocess: Preprocess, cache_dir=None) ->
             root,
             f"{duplicates:,}",
         )
+    if same := int(arrays["same_pixels"]):
+        log.warning("%s: %s records have the pixels of another record under another header (kept)", root, f"{same:,}")
     return arrays
 
 
-class EtlHiragana(VisionDataset):
-    """Characters of one class set from ETL records (any layout ``maist.data.etl`` reads; the
-    name is historical), preprocessed and cached (see the module doc).
+class EtlDataset(VisionDataset):
+    """The characters of one class set in the ETL records under ``root`` (any layout
+    :mod:`maist.data.etl` reads: hiragana, katakana, kanji), preprocessed and cached, as a
+    torchvision dataset: ``dataset[i]`` is ``(image, label)``.
 
-    ``images`` is (N, 1, S, S) uint8 as stored (memory-mapped, ``round(255 x)``); ``data`` the
-    same as float in [0, 1], ink bright: made on each access, so for small sets and tests only.
-    ``targets`` are labels into ``classes``; ``writers`` are the sheet numbers (one per writer).
-    ``skipped`` counts the records outside the class set, ``duplicates`` those dropped as copies
-    of an earlier one. Indexing gives one (1, S, S) float image and its label.
+    Args:
+        root: a folder, file or zip of ETL records (``None``: the generated, non-ETL sample).
+        class_set: which characters (:func:`maist.data.kana.class_set`); ``classes`` lists them
+            in label order, ``class_to_idx`` maps each to its label.
+        split: ``None`` (every record), or ``train``, ``val`` or ``test``: the part of the split
+            ``split_by``/``val_fraction``/``test_fraction``/``split_seed`` make, the same as
+            :class:`~maist.data.datamodule.MaistDataModule`'s with the same settings (by writer by
+            default: no writer in two parts).
+        preprocess: the preprocessing (default ``Preprocess()``, what ``train.py`` uses).
+        cache_dir: where the preprocessed images are cached (``None``: the default, ``False``: off).
+        transform: applied to each image, a PIL image (mode ``L``, S × S, ink bright on black):
+            ``torchvision.transforms.ToTensor()`` gives the float (1, S, S) in [0, 1] the networks
+            take, exactly what training feeds them.
+        target_transform: applied to each label.
+
+    ``images`` is (N, 1, S, S) uint8 as stored (memory-mapped, ``round(255 x)``), ``targets`` the
+    labels, ``writers`` the sheet numbers (one per writer); ``skipped`` counts the records outside
+    the class set, ``duplicates`` those dropped as copies of an earlier one.
     """
 
     def __init__(
         self,
         root: str | os.PathLike | None = None,
         class_set: str = "hiragana71",
+        split: str | None = None,
         preprocess: Preprocess | None = None,
         cache_dir: str | os.PathLike | bool | None = None,
         transform=None,
         target_transform=None,
+        split_by: str = SPLIT_BY,
+        val_fraction: float = VAL_FRACTION,
+        test_fraction: float = TEST_FRACTION,
+        split_seed: int = SPLIT_SEED,
     ):
+        if split is not None:
+            checks.choice("split", split, SPLITS)
         if root is None:
             root = sample_root()
             log.info("data.root is not set: using the generated sample %s (not ETL data)", root)
@@ -260,12 +310,19 @@ class EtlHiragana(VisionDataset):
         self.preprocess = preprocess or Preprocess()
         self.class_set = get_class_set(class_set)
         self.classes = list(self.class_set.classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.split = split
         arrays = load_arrays(root, class_set, self.preprocess, cache_dir)
-        self.images = torch.from_numpy(arrays["images"]).unsqueeze(1)
-        self.targets = torch.from_numpy(arrays["labels"])
-        self.writers = torch.from_numpy(arrays["writers"])
         self.skipped = int(arrays["skipped"])
         self.duplicates = int(arrays["duplicates"])
+        rows = slice(None)
+        if split is not None:
+            parts = make_split(split_by, arrays["labels"], arrays["writers"], (val_fraction, test_fraction), split_seed)
+            rows = parts[SPLITS.index(split)]
+        self.images = torch.from_numpy(arrays["images"]).unsqueeze(1)[rows]
+        self.targets = torch.from_numpy(arrays["labels"])[rows]
+        self.writers = torch.from_numpy(arrays["writers"])[rows]
+        self.keys, self.pixels = arrays["keys"][rows], arrays["pixels"][rows]
 
     @property
     def data(self) -> torch.Tensor:
@@ -276,15 +333,12 @@ class EtlHiragana(VisionDataset):
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        img, target = to_float(self.images[index]), int(self.targets[index])
+        img, target = Image.fromarray(self.images[index, 0].numpy()), int(self.targets[index])
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
-
-    def writer(self, index: int) -> int:
-        return int(self.writers[index])
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(self.targets.tolist())
@@ -293,5 +347,5 @@ class EtlHiragana(VisionDataset):
     def extra_repr(self) -> str:
         return (
             f"Classes: {len(self.classes)} ({self.class_set.name})\n"
-            f"Writers: {len(torch.unique(self.writers))}\n{self.preprocess}"
+            f"Split: {self.split or 'all'}\nWriters: {len(torch.unique(self.writers))}\n{self.preprocess}"
         )

@@ -44,14 +44,17 @@ that are kept. Records read twice (a copied file) are kept once.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import lzma
 import os
 import re
-import threading
+import stat
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,8 @@ import numpy as np
 
 from maist.errors import UserError
 from maist.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- layouts
 
@@ -198,13 +203,11 @@ def layout_of_name(name: str) -> Layout | None:
     return None
 
 
-# ETL8G, kept as module constants: the rest of the project and its tests use them.
-RECORD_SIZE = ETL8G.record_size
-IMAGE_HEIGHT, IMAGE_WIDTH = ETL8G.height, ETL8G.width
-LEVELS = 16  # 4 bits per pixel: 0 = paper, 15 = darkest ink
-_PACKED = ETL8G.image_bytes  # 8,128 bytes, two pixels per byte
-RECORD_DTYPE = record_dtype(ETL8G)
-assert RECORD_DTYPE.itemsize == RECORD_SIZE == record_dtype(ETL9G).itemsize
+# No ETL file is larger: ETL9G's are 12,144 records of 8,199 bytes (99.6 MB), ETL9B's 121,441 of 576
+# (70 MB). A larger file or zip member (a zip bomb, a disk image, /dev/zero behind a link) is
+# refused before it is read.
+MAX_FILE_BYTES = 128 * 1024**2
+CHUNK_RECORDS = 1024  # records read and decoded at a time: a file is never held whole
 
 
 class EtlFormatError(UserError):
@@ -220,8 +223,11 @@ class EtlRecords:
     sheet: np.ndarray  # (N,) int sheet numbers (writers)
     serial: np.ndarray  # (N,) int serial data numbers (B-type: the record's place in its file)
     files: tuple[str, ...]  # the source of each part, in the order read
+    keys: np.ndarray | None = None  # (N,) S16: each record's identity (:func:`record_keys`)
+    pixels: np.ndarray | None = None  # (N,) S16: each record's image alone (:func:`pixel_keys`)
     skipped: int = 0  # records not kept because their code was not asked for
     duplicates: int = 0  # kept records dropped because an earlier one had the same bytes
+    same_pixels: int = 0  # records kept whose pixels an earlier record has under another header
     layout: str = ETL8G.name  # the layout every record was read with
 
     def __len__(self) -> int:
@@ -293,20 +299,24 @@ class Source:
     def name(self) -> str:
         return f"{self.path}!{self.member}" if self.member else str(self.path)
 
-    def read_into(self, buf: bytearray) -> memoryview:
-        """Read the whole file into the start of ``buf`` (reused across files)."""
-        view = memoryview(buf)[: self.size]
-        if self.member is None:
-            with open(self.path, "rb") as f:
-                got = f.readinto(view)
-        else:
-            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
-                got = 0
-                while got < self.size and (n := f.readinto(view[got:])):
+    def chunks(self, chunk_bytes: int) -> Iterator[memoryview]:
+        """The file's bytes, ``chunk_bytes`` at a time (a zip member inflated as it is read), into
+        one reused buffer: each chunk is valid until the next is read. Exactly ``size`` bytes."""
+        buf = memoryview(bytearray(min(chunk_bytes, self.size)))
+        with contextlib.ExitStack() as stack:
+            if self.member is None:
+                f = stack.enter_context(open(self.path, "rb"))
+            else:
+                f = stack.enter_context(stack.enter_context(zipfile.ZipFile(self.path)).open(self.member))
+            left = self.size
+            while left:
+                want, got = min(len(buf), left), 0
+                while got < want and (n := f.readinto(buf[got:want])):
                     got += n
-        if got != self.size:
-            raise OSError(f"read {got:,} of {self.size:,} bytes")
-        return view
+                if got != want:
+                    raise OSError(f"read {self.size - left + got:,} of {self.size:,} bytes")
+                left -= got
+                yield buf[:got]
 
 
 def _is_zip(path: Path) -> bool:
@@ -338,28 +348,64 @@ def _one_layout(where: Path, named: list[tuple[str, Layout]]) -> Layout:
     return LAYOUT_BY_NAME[next(iter(by_layout))]
 
 
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a pipe"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    kinds += ((stat.S_ISSOCK, "a socket"),)
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _regular(path: Path, what: str = "file") -> int:
+    """The size of the regular file at ``path`` (links followed); anything else (a pipe, a device
+    such as /dev/zero, a dangling link) is refused before a byte is read."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        dangling = " (a link to nothing)" if path.is_symlink() else ""
+        raise EtlFormatError(f"{path}: cannot be read{dangling} ({err.strerror or err}). {_POINT_AT}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise EtlFormatError(f"{path}: {_kind(st.st_mode)}, not a {what} of ETL records. {_POINT_AT}")
+    return st.st_size
+
+
+def _record_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` named like AIST's record files, links to sub-folders followed
+    (each real folder once, so a link back up is no loop)."""
+    seen, found = set(), []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [Path(top) / name for name in sorted(files) if layout_of_name(name)]
+    return found
+
+
 def list_sources(path: str | os.PathLike) -> list[Source]:
     """The ETL record files that ``path`` names, in name order, all of one layout.
 
     ``path`` may be one record file (its layout from its name; any other name is read as
-    ETL8G), a folder (its record files with AIST's names, searched recursively) or a zip (its
-    members with those names). Only the directory or the zip's index is read here; a member
-    that fails its CRC check is reported when it is read.
+    ETL8G), a folder (its record files with AIST's names, searched recursively, links to
+    sub-folders followed) or a zip (its members with those names). Only the directory or the
+    zip's index is read here; anything that is not a regular file or folder is refused, and so is
+    a file larger than any ETL file; a member that fails its CRC check is reported when it is read.
     """
     path = Path(path).expanduser()
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(
             f"{path}: no such file or folder. Point data.root at your unpacked ETL folder "
             "(e.g. ETL8G with ETL8G_01 … ETL8G_33), one record file, or the zip from AIST's ETL "
             "Character Database site."
         )
     if path.is_dir():
-        found = [(p, layout) for p in path.rglob("ETL*") if (layout := layout_of_name(p.name)) and p.is_file()]
+        found = [(p, layout_of_name(p.name)) for p in _record_files(path)]
         if not found:
             raise EtlFormatError(f"{path}: no ETL record files in this folder (looked for {_NAMES}). {_POINT_AT}")
         layout = _one_layout(path, [(str(p.relative_to(path)), lay) for p, lay in found])
         files = sorted((p for p, _ in found), key=lambda p: (p.name, str(p)))
-        return [Source(p, size=p.stat().st_size, layout=layout) for p in files]
+        return [Source(p, size=_regular(p), layout=layout) for p in files]
+    size = _regular(path)
     if _is_zip(path):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -378,7 +424,7 @@ def list_sources(path: str | os.PathLike) -> list[Source]:
         layout = _one_layout(path, [(i.filename, lay) for i, lay in found])
         members = sorted((i for i, _ in found), key=lambda i: (i.filename.rsplit("/", 1)[-1], i.filename))
         return [Source(path, i.filename, i.file_size, layout) for i in members]
-    return [Source(path, size=path.stat().st_size, layout=layout_of_name(path.name) or DEFAULT)]
+    return [Source(path, size=size, layout=layout_of_name(path.name) or DEFAULT)]
 
 
 # ---------------------------------------------------------------- checks
@@ -392,6 +438,11 @@ def check_size(size: int, name: str, layout: Layout = ETL8G) -> int:
     """The number of records in a file of ``size`` bytes (a dummy included), or an error."""
     if size == 0:
         raise EtlFormatError(f"{name}: the file is empty. Download the {layout.name} set again.")
+    if size > MAX_FILE_BYTES:
+        raise EtlFormatError(
+            f"{name}: {size / 1e6:,.0f} MB is larger than any ETL file (at most {MAX_FILE_BYTES / 1e6:.0f} MB, "
+            f"ETL9G's); not read. Point data.root at the files of AIST's {layout.name} set."
+        )
     whole, extra = divmod(size, layout.record_size)
     if extra:
         others = sorted({lay.name for lay in LAYOUTS if lay.record_size != layout.record_size and _fits(size, lay)})
@@ -412,9 +463,11 @@ _ETL9G_ONLY = slice(ETL8G.image_end, ETL9G.image_end)  # 8189–8192: bottom row
 _UNUSED_IN_BOTH = slice(ETL9G.image_end, ETL8G.record_size)  # 8193–8199
 
 
-def g_type_content(raw: np.ndarray) -> str | None:
-    """Which G-type layout records (N, 8199 bytes) look like by content: "ETL8G", "ETL9G" or
-    None (nothing tells).
+def g_type_content(unused: bool, top: bool, bottom: bool) -> str | None:
+    """Which G-type layout a file's records look like by content: "ETL8G", "ETL9G" or None
+    (nothing tells), from whether any record has ink or data in the unused bytes 8193–8199
+    (``unused``), in bytes 61–64 (``top``: image in ETL8G, unused in ETL9G) and in bytes
+    8189–8192 (``bottom``: the reverse).
 
     Unused bytes are expected to be zero. In ETL9G, bytes 61–64 are zero in every record while
     8189–8192 (the last 8 pixels of its image) hold ink or scanner noise in some record; in
@@ -424,9 +477,8 @@ def g_type_content(raw: np.ndarray) -> str | None:
     both, are zero throughout. Images blank in both corners of every record cannot be told
     apart: read as the file's name says.
     """
-    if raw[:, _UNUSED_IN_BOTH].any():
+    if unused:
         return None
-    top, bottom = raw[:, _ETL8G_ONLY].any(), raw[:, _ETL9G_ONLY].any()
     if bottom and not top:
         return ETL9G.name
     if top and not bottom:
@@ -462,14 +514,43 @@ def _why(src: Source) -> str:
     return "from its name" if layout_of_name(base) else "the default for other names"
 
 
-def check_records(src: Source, recs: np.ndarray) -> None:
-    """Refuse records that cannot be ``src.layout``'s (an error naming the file and what the
-    content looks like)."""
-    layout = src.layout
-    if len(recs) == 0:
-        return
-    if layout.record_size == ETL8G.record_size:
-        seen = g_type_content(recs.view(np.uint8).reshape(len(recs), layout.record_size))
+class RecordCheck:
+    """Refuses records that cannot be ``src.layout``'s, over a whole file read chunk by chunk:
+    :meth:`add` each chunk's records (the dummy left out), then :meth:`finish` raises an error
+    naming the file and what its content looks like (the content of a G-type file is judged on all
+    of it: see :func:`g_type_content`)."""
+
+    def __init__(self, src: Source):
+        self.src, self.layout = src, src.layout
+        self.count = self.bad = 0
+        self.first_bad: str | None = None
+        self.unused = self.top = self.bottom = False  # G-type: ink seen where each layout has none
+
+    def add(self, recs: np.ndarray) -> None:
+        layout = self.layout
+        if layout.record_size == ETL8G.record_size and len(recs):
+            raw = recs.view(np.uint8).reshape(len(recs), layout.record_size)
+            self.unused |= bool(raw[:, _UNUSED_IN_BOTH].any())
+            self.top |= bool(raw[:, _ETL8G_ONLY].any())
+            self.bottom |= bool(raw[:, _ETL9G_ONLY].any())
+        bad = _bad_codes(layout, recs)
+        if self.first_bad is None and bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            field = recs["jis"][k]
+            what = (
+                f"JIS X 0208 code {int(field):#06x}"
+                if layout.code == "jis0208"
+                else f"JIS X 0201 code {int(field):#04x} and code {bytes(recs['char_code'][k])!r}"
+            )
+            number = self.count + k + 1 + (1 if layout.dummy_first else 0)  # 1-based, the dummy counted
+            self.first_bad = f"record {number} of the file: {what}"
+        self.bad += int(bad.sum())
+        self.count += len(recs)
+
+    def finish(self) -> None:
+        src, layout = self.src, self.layout
+        g_type = layout.record_size == ETL8G.record_size and self.count
+        seen = g_type_content(self.unused, self.top, self.bottom) if g_type else None
         if seen is not None and seen != layout.name:
             other = LAYOUT_BY_NAME[seen]
             raise EtlFormatError(
@@ -478,24 +559,32 @@ def check_records(src: Source, recs: np.ndarray) -> None:
                 f"{layout.image_offset + 1}–{layout.image_end}): it looks like an {seen} file. "
                 f"Give it its AIST name ({seen}_nn) or point data.root at the right files."
             )
-    bad = _bad_codes(layout, recs)
-    allowed = int(len(recs) * _M_TOLERANCE) if layout.code == "jis0201" else 0
-    if int(bad.sum()) > allowed:
-        k = int(np.flatnonzero(bad)[0])
-        field = recs["jis"][k]
-        what = (
-            f"JIS X 0208 code {int(field):#06x}"
-            if layout.code == "jis0208"
-            else f"JIS X 0201 code {int(field):#04x} and code {bytes(recs['char_code'][k])!r}"
-        )
-        number = k + 1 + (1 if layout.dummy_first else 0)  # 1-based, the dummy counted
-        others = _looks_like(src)
-        hint = f" Its size would also fit {', '.join(others)} records." if others else ""
-        raise EtlFormatError(
-            f"{src.name}: not {layout.name} records: {int(bad.sum()):,} of {len(recs):,} have a "
-            f"header no {layout.name} record has (record {number} of the file: {what}).{hint} "
-            f"It was read as {layout.name} ({_why(src)}): give it its AIST name, or download it "
-            "again."
+        allowed = int(self.count * _M_TOLERANCE) if layout.code == "jis0201" else 0
+        if self.bad > allowed:
+            others = _looks_like(src)
+            hint = f" Its size would also fit {', '.join(others)} records." if others else ""
+            raise EtlFormatError(
+                f"{src.name}: not {layout.name} records: {self.bad:,} of {self.count:,} have a "
+                f"header no {layout.name} record has ({self.first_bad}).{hint} "
+                f"It was read as {layout.name} ({_why(src)}): give it its AIST name, or download it "
+                "again."
+            )
+
+
+def check_dummy(src: Source, dummy: np.ndarray) -> None:
+    """A B-type file starts with a dummy record (AIST: "No. of records = N+1"), which is skipped;
+    warn when it looks like a character instead (a known code, a sheet, ink), as in a file re-packed
+    without its dummy, whose first character is then lost."""
+    real = not _bad_codes(src.layout, dummy).any() and int(dummy["sheet"][0]) > 0 and dummy["image"].any()
+    if real:
+        log.warning(
+            "%s: its first record, skipped as %s's dummy record, looks like a character (JIS %#06x, sheet %d): "
+            "if this file was written without the dummy, that record is lost (AIST's %s files start with one)",
+            src.name,
+            src.layout.name,
+            int(dummy["jis"][0]),
+            int(dummy["sheet"][0]),
+            src.layout.name,
         )
 
 
@@ -532,72 +621,59 @@ def unpack_images(packed: np.ndarray, out: np.ndarray | None = None, layout: Lay
     return out
 
 
-def record_keys(raw: np.ndarray, layout: Layout = ETL8G) -> np.ndarray:
-    """(N, k) bytes per record: every byte outside its image, and a 64-bit sum of its image.
-
-    Equal records have equal keys, so only records with equal keys need a full comparison.
-    """
-    image = np.ascontiguousarray(raw[:, layout.image_offset : layout.image_end])
-    checksum = _checksum(image)
-    rest = (raw[:, : layout.image_offset], raw[:, layout.image_end :])
-    return np.concatenate([*rest, checksum.view(np.uint8).reshape(-1, 8)], axis=1)
+def pixel_keys(packed: np.ndarray) -> np.ndarray:
+    """(n,) S16: a 128-bit digest of each record's packed image (equal pixels, equal digests)."""
+    return np.array([hashlib.sha1(row, usedforsecurity=False).digest()[:16] for row in packed], dtype="S16")
 
 
-def _checksum(rows: np.ndarray) -> np.ndarray:
-    """(N,) uint64 wrap-around sum of each row's 8-byte words (rows zero-padded to 8 bytes)."""
-    rows = rows.reshape(len(rows), -1)
-    if rows.shape[1] % 8:
-        rows = np.pad(rows, ((0, 0), (0, 8 - rows.shape[1] % 8)))
-    return np.ascontiguousarray(rows).view("<u8").sum(axis=1, dtype=np.uint64)
+def record_keys(headers: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """(n,) S16: each record's identity, a digest of every byte outside its image (``headers``,
+    (n, k) uint8) and of its pixels (:func:`pixel_keys`): equal keys mean the same bytes."""
+    return np.array(
+        [hashlib.sha1(h.tobytes() + p, usedforsecurity=False).digest()[:16] for h, p in zip(headers, pixels)],
+        dtype="S16",
+    )
 
 
-def first_occurrences(keys: np.ndarray, images: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Mask of the records that do not repeat an earlier record (the first copy is kept).
+class Duplicates:
+    """The one rule for copies, over every record read so far, in order: a record whose bytes
+    (header and image: its :func:`record_keys`) an earlier one has is a copy, dropped and counted
+    in ``dropped`` (a copied ``ETL8G_nn`` in a sub-folder, one zip member under two paths, a test
+    root inside the training root); one whose pixels an earlier record has under another header is
+    kept and counted in ``same_pixels``. ``keys``/``pixels`` start it with records already read."""
 
-    ``keys`` from ``record_keys``. A record whose key an earlier one has is compared, pixel for
-    pixel, with the first record of that key (vectorised, ``chunk`` at a time); in the rare
-    case that it differs, with every earlier record of that key. Equal means: the same bytes.
-    """
-    keep = np.ones(len(keys), dtype=bool)
-    if len(keys) < 2:
+    def __init__(self, keys=(), pixels=()):
+        self.keys, self.pixels = set(np.asarray(keys, "S16").tolist()), set(np.asarray(pixels, "S16").tolist())
+        self.dropped = self.same_pixels = 0
+
+    def first_copies(self, keys: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """Mask of the records (``keys``, ``pixels``: (n,) S16) to keep; remembers them."""
+        keep = np.ones(len(keys), dtype=bool)
+        for i, (key, pix) in enumerate(zip(keys.tolist(), pixels.tolist())):
+            if key in self.keys:
+                keep[i] = False
+                continue
+            self.keys.add(key)
+            if pix in self.pixels:
+                self.same_pixels += 1
+            else:
+                self.pixels.add(pix)
+        self.dropped += int(len(keep) - keep.sum())
         return keep
-    whole = np.ascontiguousarray(keys).view(f"V{keys.shape[1]}").ravel()
-    _, first, group = np.unique(whole, return_index=True, return_inverse=True)
-    first = first[group]  # for each record, the first record with its key
-    later = np.flatnonzero(first != np.arange(len(keys)))
-    axes = tuple(range(1, images.ndim))
-    for part in np.array_split(later, len(later) // chunk + 1):
-        keep[part] = ~(images[part] == images[first[part]]).all(axis=axes)
-    for i in np.flatnonzero(keep[later]):  # same key, other pixels: a checksum collision
-        i = later[i]
-        earlier = np.flatnonzero(keep[:i] & (group[:i] == group[i]))
-        keep[i] = not any(np.array_equal(images[i], images[j]) for j in earlier)
-    return keep
 
 
-def drop_duplicates(headers: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """Mask of the records to keep: each record whose bytes an earlier record has is dropped.
+@dataclass
+class Chunk:
+    """Up to :data:`CHUNK_RECORDS` records of one file that a class set keeps, decoded (the others
+    counted in ``skipped``)."""
 
-    ``headers`` (N, k): each record's bytes outside its image. Real ETL records differ in
-    their headers (serial numbers), so only records whose header repeats (a copied file)
-    need an image checksum and a comparison (``first_occurrences``); the rest cost one sort.
-    """
-    keep = np.ones(len(headers), dtype=bool)
-    if len(headers) < 2:
-        return keep
-    whole = np.ascontiguousarray(headers).view(f"V{headers.shape[1]}").ravel()
-    _, group, counts = np.unique(whole, return_inverse=True, return_counts=True)
-    repeated = np.flatnonzero(counts[group] > 1)
-    if len(repeated):
-        sums = _checksum(images[repeated])
-        keys = np.concatenate([headers[repeated], sums.view(np.uint8).reshape(-1, 8)], axis=1)
-        keep[repeated] = first_occurrences(keys, images[repeated])
-    return keep
-
-
-def _header_bytes(raw: np.ndarray, layout: Layout) -> np.ndarray:
-    """(N, record size − image bytes): every byte of each record outside its image (a copy)."""
-    return np.concatenate([raw[:, : layout.image_offset], raw[:, layout.image_end :]], axis=1)
+    images: np.ndarray  # (n, H, W) uint8 levels 0..max_level, as stored
+    jis: np.ndarray  # (n,) int32 JIS X 0208 codes
+    sheet: np.ndarray  # (n,) int64 writers
+    serial: np.ndarray  # (n,) int64 serial numbers (B-type: the record's place in its file, 1 = first)
+    keys: np.ndarray  # (n,) S16 record identities (record_keys)
+    pixels: np.ndarray  # (n,) S16 image digests (pixel_keys)
+    skipped: int
 
 
 # Errors that reading one file or zip member can end in (zlib.error and lzma.LZMAError for a
@@ -606,65 +682,69 @@ def _header_bytes(raw: np.ndarray, layout: Layout) -> np.ndarray:
 _READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError)
 
 
-def read_source(src: Source, buf: bytearray, n: int) -> np.ndarray:
-    """The records of ``src`` (``n`` in all, its dummy left out) as a structured array in
-    ``buf``, checked against its layout, or an error naming it."""
+def _read(src: Source, chunk_bytes: int) -> Iterator[memoryview]:
+    """``src.chunks``, with a read failure as an error that names the file and the fix."""
+    chunks = src.chunks(chunk_bytes)
+    while True:
+        try:
+            data = next(chunks)
+        except StopIteration:
+            return
+        except _READ_ERRORS as err:
+            raise EtlFormatError(
+                f"{src.name}: cannot be read ({err}). The file is damaged or incomplete: "
+                f"download {src.path.name if src.member else src.layout.name + '.zip'} again "
+                "(or unpack it and point data.root at the folder)."
+            ) from err
+        yield data
+
+
+def iter_chunks(
+    src: Source, codes: np.ndarray | None = None, out: np.ndarray | None = None, chunk: int = CHUNK_RECORDS
+) -> Iterator[Chunk]:
+    """Read, check and decode one file ``chunk`` records at a time (its dummy left out), keeping
+    the records whose code is in ``codes`` (all: ``None``); without a filter the images may be
+    unpacked straight into ``out`` (one row a record). After the last chunk the whole file's
+    content is judged (:class:`RecordCheck`): a file that is not its layout's raises there."""
     layout = src.layout
-    try:
-        recs = np.frombuffer(src.read_into(buf), dtype=layout.dtype, count=n)
-    except _READ_ERRORS as err:
-        raise EtlFormatError(
-            f"{src.name}: cannot be read ({err}). The file is damaged or incomplete: "
-            f"download {src.path.name if src.member else layout.name + '.zip'} again "
-            "(or unpack it and point data.root at the folder)."
-        ) from err
-    if layout.dummy_first:
-        recs = recs[1:]  # "No. of records = N+1": the first is a dummy (AIST's B-type pages)
-    check_records(src, recs)
-    return recs
-
-
-@dataclass
-class _Part:
-    """What one file contributes (copies: the read buffer is reused for the next file)."""
-
-    jis: np.ndarray
-    sheet: np.ndarray
-    serial: np.ndarray
-    headers: np.ndarray  # every byte outside each record's image, for dropping duplicates
-    images: np.ndarray | None  # with a filter: the kept records' images
-    skipped: int
-
-
-def _decode(
-    src: Source, n: int, kept_codes: np.ndarray | None, out: np.ndarray | None, buffers: threading.local
-) -> _Part:
-    """Read, check, filter and unpack one file: into ``out`` (no filter) or a new array."""
-    layout = src.layout
-    buf = getattr(buffers, "buf", None)
-    if buf is None or len(buf) < src.size:
-        buf = buffers.buf = bytearray(src.size)
-    recs = read_source(src, buf, n)
-    codes_here = jis_codes(layout, recs["jis"])
-    raw = recs.view(np.uint8).reshape(len(recs), layout.record_size)
-    place = np.arange(len(recs))
-    skipped, images = 0, None
-    if kept_codes is not None:
-        place = np.flatnonzero(np.isin(codes_here, kept_codes))
-        skipped = len(recs) - len(place)
-        recs, raw, codes_here = recs[place], raw[place], codes_here[place]  # copies
-        images = unpack_images(recs["image"], layout=layout)
-    else:
-        unpack_images(recs["image"], out, layout)
-    if "serial" in recs.dtype.names:
-        serial = recs["serial"].astype(np.int64)
-    else:  # B-type records have no serial number: their place in the file (1 = first)
-        serial = place.astype(np.int64) + (2 if layout.dummy_first else 1)
-    return _Part(codes_here, recs["sheet"].astype(np.int32), serial, _header_bytes(raw, layout), images, skipped)
+    check_size(src.size, src.name, layout)
+    check, first, filled = RecordCheck(src), 0, 0
+    for data in _read(src, chunk * layout.record_size):
+        recs = np.frombuffer(data, dtype=layout.dtype)
+        raw = np.frombuffer(data, dtype=np.uint8).reshape(len(recs), layout.record_size)  # every byte
+        place = np.arange(first, first + len(recs))
+        if layout.dummy_first and first == 0:  # "No. of records = N+1": the first is a dummy
+            check_dummy(src, recs[:1])
+            recs, raw, place = recs[1:], raw[1:], place[1:]
+        first += len(data) // layout.record_size
+        check.add(recs)
+        codes_here = jis_codes(layout, recs["jis"])
+        skipped = 0
+        if codes is not None:
+            kept = np.flatnonzero(np.isin(codes_here, codes))
+            skipped = len(recs) - len(kept)
+            # copies (data is reused); the raw bytes too: a structured copy leaves out unnamed bytes
+            recs, raw, place, codes_here = recs[kept], raw[kept], place[kept], codes_here[kept]
+        target = None if out is None else out[filled : filled + len(recs)]
+        images = unpack_images(recs["image"], target, layout)
+        filled += len(recs)
+        headers = np.concatenate([raw[:, : layout.image_offset], raw[:, layout.image_end :]], axis=1)
+        pixels = pixel_keys(recs["image"])
+        serial = recs["serial"] if "serial" in recs.dtype.names else place + 1
+        yield Chunk(
+            images,
+            codes_here.astype(np.int32),
+            recs["sheet"].astype(np.int64),
+            serial.astype(np.int64),
+            record_keys(headers, pixels),
+            pixels,
+            skipped,
+        )
+    check.finish()
 
 
 def _workers(sources: list[Source]) -> int:
-    """Threads for decoding files side by side: numpy and file reads release the GIL."""
+    """Threads for decoding files side by side: numpy, hashing and file reads release the GIL."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(len(sources), cores or 1, 8))
 
@@ -674,56 +754,48 @@ def read_etl(path: str | os.PathLike, codes: Collection[int] | None = None) -> E
 
     With ``codes`` given (JIS X 0208 codes, e.g. a class set's ``jis_to_label``), only
     records of those codes are kept (and only their images are unpacked); the others are
-    counted in ``skipped``. Without it nothing is filtered. A kept record whose bytes equal an
-    earlier one's (a file read twice) is dropped and counted in ``duplicates``.
-
-    Files are decoded side by side by a few threads (one reused read buffer each); without a
-    filter every image is unpacked straight into its place in the one output array. An error
-    is the first file's, in file order.
+    counted in ``skipped``. Without it nothing is filtered and every image is unpacked straight
+    into its place in the one output array. Copies are dropped by :class:`Duplicates` (counted
+    in ``duplicates``; ``same_pixels`` counts records kept whose pixels an earlier one has).
+    Files are decoded side by side by a few threads; an error is the first file's, in file order.
     """
     sources = list_sources(path)
     layout = sources[0].layout
-    counts = [check_size(src.size, src.name, layout) for src in sources]
+    sizes = [check_size(src.size, src.name, layout) - layout.dummy_first for src in sources]  # all, first
     kept_codes = None if codes is None else np.fromiter(codes, dtype=np.int32)
-    sizes = [n - (1 if layout.dummy_first else 0) for n in counts]
     starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     shape = (layout.height, layout.width)
-    # Without a filter the output size is known: one allocation, no concatenation.
-    images = np.empty((starts[-1], *shape), np.uint8) if kept_codes is None else None
-    buffers = threading.local()
+    out = np.empty((starts[-1], *shape), np.uint8) if kept_codes is None else None
+
+    def decode(k: int) -> list[Chunk]:
+        return list(iter_chunks(sources[k], kept_codes, None if out is None else out[starts[k] : starts[k + 1]]))
+
     with ThreadPoolExecutor(_workers(sources), thread_name_prefix="etl-decode") as pool:
-        futures = [
-            pool.submit(_decode, src, n, kept_codes, None if images is None else images[start:end], buffers)
-            for src, n, start, end in zip(sources, counts, starts, starts[1:])
-        ]
-        try:
-            parts = [f.result() for f in futures]
-        finally:
-            for f in futures:
-                f.cancel()
-    if images is None:
-        kept = [p.images for p in parts if len(p.images)]
-        images = np.concatenate(kept) if kept else np.empty((0, *shape), np.uint8)
-    out = EtlRecords(
+        chunks = [c for part in pool.map(decode, range(len(sources))) for c in part]
+    duplicates = Duplicates()
+    keep = np.concatenate([duplicates.first_copies(c.keys, c.pixels) for c in chunks] or [np.zeros(0, bool)])
+
+    def joined(field: str, dtype) -> np.ndarray:
+        parts = [getattr(c, field) for c in chunks]
+        return np.concatenate(parts)[keep] if parts else np.zeros(0, dtype)
+
+    if out is not None:
+        images = out if keep.all() else out[keep]
+    else:
+        images = np.concatenate([c.images for c in chunks])[keep] if chunks else np.empty((0, *shape), np.uint8)
+    return EtlRecords(
         images=images,
-        jis=np.concatenate([p.jis for p in parts]).astype(np.int32),
-        sheet=np.concatenate([p.sheet for p in parts]),
-        serial=np.concatenate([p.serial for p in parts]),
+        jis=joined("jis", np.int32),
+        sheet=joined("sheet", np.int64),
+        serial=joined("serial", np.int64),
         files=tuple(src.name for src in sources),
-        skipped=sum(p.skipped for p in parts),
+        keys=joined("keys", "S16"),
+        pixels=joined("pixels", "S16"),
+        skipped=sum(c.skipped for c in chunks),
+        duplicates=duplicates.dropped,
+        same_pixels=duplicates.same_pixels,
         layout=layout.name,
     )
-    keep = drop_duplicates(np.concatenate([p.headers for p in parts]), out.images)
-    if not keep.all():
-        out.images, out.jis = out.images[keep], out.jis[keep]
-        out.sheet, out.serial = out.sheet[keep], out.serial[keep]
-        out.duplicates = int(len(keep) - keep.sum())
-    return out
-
-
-def read_etl8g(path: str | os.PathLike, jis: Collection[int] | None = None) -> EtlRecords:
-    """``read_etl`` under its first name: any supported layout, not only ETL8G."""
-    return read_etl(path, codes=jis)
 
 
 # ---------------------------------------------------------------- writing
@@ -773,8 +845,3 @@ def write_etl(path, layout: Layout, images, jis, sheet, serial=None, reading=Non
     if layout.dummy_first:
         data = bytes(layout.record_size) + data
     write_atomic(path, data)
-
-
-def write_etl8g(path, images, jis, sheet, serial=None) -> None:
-    """Write records as one ETL8G file (atomically)."""
-    write_etl(path, ETL8G, images, jis, sheet, serial)

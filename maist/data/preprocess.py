@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from maist import checks
-from maist.data.etl import LEVELS
+from maist.data.etl import ETL8G
 
 CONTRAST_MODES = ("none", "stretch")
 # A character's ink box (:func:`ink_box`) when it is measured rather than cropped to: on the
@@ -223,7 +223,7 @@ def mass_bounds(profile: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Te
     return (c <= q).sum(1).clamp(max=profile.shape[1] - 1), (c < 1 - q).sum(1).clamp(max=profile.shape[1] - 1)
 
 
-def etl_levels_to_float(levels: np.ndarray, max_level: int = LEVELS - 1) -> np.ndarray:
+def etl_levels_to_float(levels: np.ndarray, max_level: int = ETL8G.max_level) -> np.ndarray:
     """ETL levels (0 = paper, ``max_level`` = ink) → float32 in [0, 1], ink bright.
 
     ``max_level`` is the decoded records' (``EtlRecords.max_level``): 15 for 4-bit layouts,

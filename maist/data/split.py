@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from maist.errors import ConfigError
+
 SPLIT_MODES = ("writer", "random")
+SPLITS = ("train", "val", "test")  # the parts, in the order make_split returns them
+# The split's defaults (the data module's and the dataset's): a tenth of the writers validate, a
+# fifth test, no writer in two parts.
+SPLIT_BY, VAL_FRACTION, TEST_FRACTION, SPLIT_SEED = "writer", 0.1, 0.2, 0
 
 
 def _counts(n: int, fractions: tuple[float, ...]) -> list[int]:
@@ -20,7 +26,11 @@ def split_by_writer(writers: np.ndarray, fractions: tuple[float, ...], seed: int
     # every part asked for gets at least one writer
     sizes = [max(1, c) if f > 0 else 0 for c, f in zip(_counts(len(unique), fractions), fractions)]
     if sum(sizes) >= len(unique):
-        raise ValueError(f"{len(unique)} writers are too few to split into fractions {fractions}")
+        raise ConfigError(
+            f"data.split_by=writer: {len(unique)} writer{'s are' if len(unique) != 1 else ' is'} too few to split into "
+            f"train and {len(sizes)} more part(s) ({', '.join(f'{f:g}' for f in fractions)} of the writers): use "
+            "data.split_by=random, smaller data.val_fraction/test_fraction, or more data"
+        )
     groups, start = [], len(unique) - sum(sizes)
     bounds = [order[:start]]
     for size in sizes:
@@ -51,4 +61,4 @@ def make_split(mode: str, labels, writers, fractions, seed) -> list[np.ndarray]:
         return split_by_writer(np.asarray(writers), tuple(fractions), seed)
     if mode == "random":
         return split_random(np.asarray(labels), tuple(fractions), seed)
-    raise ValueError(f"data.split_by must be one of {SPLIT_MODES}, got {mode!r}")
+    raise ConfigError(f"data.split_by={mode!r}: must be one of {', '.join(SPLIT_MODES)}")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from maist.data.etl import IMAGE_HEIGHT, IMAGE_WIDTH, LEVELS, pack_records, read_etl8g
+from maist.data.etl import ETL8G, pack_records, read_etl
 from maist.data.kana import HIRAGANA71, char_to_jis, class_set
 from maist.data.sample import SAMPLE_ZIP
 from maist.files import write_atomic
@@ -170,7 +170,7 @@ def _full_height(font: ImageFont.FreeTypeFont) -> float:
 
 def _render(font: ImageFont.FreeTypeFont, char: str, stroke: int) -> np.ndarray:
     """The glyph as ink coverage 0..1, centred on its ink box, at supersampled resolution."""
-    h, w = IMAGE_HEIGHT * SUPERSAMPLE, IMAGE_WIDTH * SUPERSAMPLE
+    h, w = ETL8G.height * SUPERSAMPLE, ETL8G.width * SUPERSAMPLE
     size = font.size * 2
     glyph = Image.new("L", (size, size), 0)
     ImageDraw.Draw(glyph).text(
@@ -192,7 +192,7 @@ def _render(font: ImageFont.FreeTypeFont, char: str, stroke: int) -> np.ndarray:
 
 def _warp_grids(rng: np.random.Generator, n: int, slant: float) -> torch.Tensor:
     """(n, H, W, 2) sampling grids: a random affine and a smooth elastic field per character."""
-    h, w = IMAGE_HEIGHT * SUPERSAMPLE, IMAGE_WIDTH * SUPERSAMPLE
+    h, w = ETL8G.height * SUPERSAMPLE, ETL8G.width * SUPERSAMPLE
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     out = np.stack([xs + 0.5 - w / 2, ys + 0.5 - h / 2], axis=-1)  # pixel centres, origin mid-frame
     grids = np.empty((n, h, w, 2), dtype=np.float32)
@@ -235,7 +235,7 @@ def make_writer(font: ImageFont.FreeTypeFont, chars: str, rng: np.random.Generat
     grain = 1.0 - INK_GRAIN * rng.random(shape)
     levels = paper + ink * (peak * pressure * grain - paper)
     levels += rng.uniform(*SPECK_LEVEL, size=shape) * (rng.random(shape) < SPECK_RATE)
-    return np.clip(np.rint(levels), 0, LEVELS - 1).astype(np.uint8)
+    return np.clip(np.rint(levels), 0, ETL8G.max_level).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- the zip
@@ -269,7 +269,7 @@ def generate(out: Path, writers: int, seed: int) -> None:
             zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     write_atomic(out, buf.getvalue())
 
-    records = read_etl8g(out)
+    records = read_etl(out)
     assert len(records) == writers * len(chars) and len(set(records.jis.tolist())) == len(chars)
     for font, count in used.items():
         print(f"  {count:3d} writers  {font.name}  ({font.package})")
