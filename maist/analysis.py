@@ -43,7 +43,7 @@ WORST_CLASSES = 8  # rows of the worst classes' gallery (and of its table in the
 ERRORS_PER_CLASS = 8  # misclassified images shown per worst class
 HISTOGRAM_BINS = 20
 VOICED_MARKS = ("\u3099", "\u309a")  # combining dakuten ゛ and handakuten ゜ (Unicode decomposition)
-VOICED_CELL = 26  # pixels per cell of the voiced families' small matrices
+VOICED_CELL = 32  # pixels per cell of the voiced families' small matrices
 VOICED_COLUMNS = 5  # families per row of figures/voiced.png
 
 
@@ -142,8 +142,10 @@ def voiced_confusions(cm: np.ndarray, classes) -> list[dict]:
 
 
 def _voiced_figure(voiced: list[dict]) -> np.ndarray:
-    """The families' small confusion matrices (rows normalised), in rows of ``VOICED_COLUMNS``."""
-    tiles = [viz.confusion_image(np.array(f["counts"]), f["classes"], cell=VOICED_CELL) for f in voiced]
+    """The families' small confusion matrices, in rows of ``VOICED_COLUMNS``: each names its
+    characters (true down the left, predicted along the top) and shows its counts, on a heatmap
+    of the rows normalised."""
+    tiles = [viz.confusion_image(np.array(f["counts"]), f["classes"], cell=VOICED_CELL, counts=True) for f in voiced]
     return viz.image_grid(tiles, VOICED_COLUMNS)
 
 

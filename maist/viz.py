@@ -7,14 +7,14 @@ page. They are shared by the training callback, the command line and the web dem
 The article's figures, for one input image: the 32 first-layer filters, the 32 filtered images
 (``conv1``), the same after ReLU (``relu1``), the 14×14 pooled maps (``pool1``) and, one layer
 deeper, the 7×7×64 maps (``pool2``): see :func:`feature_figures`.
+
+Text is drawn in the font MAIST ships (:func:`font_path`), so class names are glyphs on any machine.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import subprocess
-import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from maist.files import atomic_path
+from maist.fonts import FONT
 
 __all__ = [
     "tile_grid",
@@ -34,40 +35,11 @@ __all__ = [
     "gallery",
     "histogram",
     "stack_rows",
-    "find_cjk_font",
+    "font_path",
     "save_png",
     "grid_columns",
     "colormap",
 ]
-
-# Fonts that can draw kana, best first; searched when fc-list is missing or finds nothing.
-CJK_FONT_PATHS = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf",
-    "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
-    "/usr/share/fonts/truetype/fonts-japanese-gothic.ttf",
-    "/System/Library/Fonts/ヒラギノ角ゴシック W3.ttc",
-    "/System/Library/Fonts/Hiragino Sans GB.ttc",
-    "/Library/Fonts/Arial Unicode.ttf",
-    "C:/Windows/Fonts/meiryo.ttc",
-    "C:/Windows/Fonts/msgothic.ttc",
-    "C:/Windows/Fonts/YuGothR.ttc",
-)
-# Preferred among what fc-list reports (a plain sans-serif before mincho or hand-writing fonts).
-_FONT_PREFERENCE = (
-    "notosanscjk-regular",
-    "notosanscjkjp-regular",
-    "ipaexg",
-    "ipag.",
-    "ipagp",
-    "japanese-gothic",
-    "takaog",
-    "vl-gothic",
-    "notosanscjk",
-    "gothic",
-)
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 HISTOGRAM_MARGINS = (44, 12, 24, 34)  # left, right, top, bottom: room for the labels
@@ -269,80 +241,42 @@ def feature_figures(
 
 
 # ---------------------------------------------------------------------- fonts and text
-@lru_cache(maxsize=1)
-def find_cjk_font() -> str | None:
-    """Path of a font that draws kana, or None: ``$MAIST_FONT`` if set, else what
-    ``fc-list :lang=ja file`` reports (a sans-serif preferred), else a few common paths."""
+def font_path() -> Path:
+    """The font the figures are drawn with: ``$MAIST_FONT`` if it names a file, else the one MAIST
+    ships (:data:`maist.fonts.FONT`, Noto Sans CJK JP cut down to every class set's characters,
+    ASCII and the figures' signs), so that a figure looks the same on every machine."""
     env = os.environ.get("MAIST_FONT")
     if env and os.path.isfile(env):
-        return env
-    found: list[str] = []
-    try:
-        res = subprocess.run(["fc-list", ":lang=ja", "file"], capture_output=True, text=True, timeout=10)
-        for line in res.stdout.splitlines():
-            p = line.strip().rstrip(":").strip()
-            if p.lower().endswith((".ttf", ".ttc", ".otf")) and os.path.isfile(p):
-                found.append(p)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    found.sort()
-    for key in _FONT_PREFERENCE:
-        for p in found:
-            if key in os.path.basename(p).lower():
-                return p
-    if found:
-        return found[0]
-    return next((p for p in CJK_FONT_PATHS if os.path.isfile(p)), None)
+        return Path(env)
+    if not FONT.is_file():
+        raise FileNotFoundError(f"{FONT} is missing: it is package data of maist (maist/fonts); reinstall maist")
+    return FONT
 
 
 @lru_cache(maxsize=32)
-def _font(size: int) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, bool]:
-    """(font, can_draw_kana) at a pixel size."""
-    path = find_cjk_font()
-    if path:
-        try:
-            return ImageFont.truetype(path, size), True
-        except OSError:
-            pass
-    try:
-        return ImageFont.load_default(size=size), False  # Pillow ≥ 10.1: scalable
-    except TypeError:
-        return ImageFont.load_default(), False
+def _load_font(path: Path, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(path), size)
 
 
-def _ascii_safe(text: str) -> str:
-    return "".join(c if ord(c) < 128 else f"U+{ord(c):04X}" for c in unicodedata.normalize("NFC", text))
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """The figures' font at a pixel size."""
+    return _load_font(font_path(), size)
 
 
-def _label_text(label, classes: Sequence[str] | None, cjk: bool) -> str:
-    """A class label as text: the character when a kana font exists, else its index."""
+def _label_text(label, classes: Sequence[str] | None) -> str:
+    """A class label as text: its name (a class index looked up in ``classes``), else ``#index``."""
     if isinstance(label, (int, np.integer)) or (isinstance(label, torch.Tensor) and label.dim() == 0):
         idx = int(label)
-        if classes is not None and 0 <= idx < len(classes):
-            return str(classes[idx]) if cjk else f"#{idx}"
-        return f"#{idx}"
-    text = str(label)
-    if cjk or text.isascii():
-        return text
-    if classes is not None and text in classes:
-        return f"#{list(classes).index(text)}"
-    return _ascii_safe(text)
+        return str(classes[idx]) if classes is not None and 0 <= idx < len(classes) else f"#{idx}"
+    return str(label)
 
 
 def _draw_text(draw: ImageDraw.ImageDraw, xy, text: str, size: int, fill, anchor: str = "la") -> None:
-    font, _ = _font(size)
-    try:
-        draw.text(xy, text, fill=fill, font=font, anchor=anchor)
-    except (ValueError, TypeError):  # bitmap default font: no anchors
-        draw.text(xy, text, fill=fill, font=font)
+    draw.text(xy, text, fill=fill, font=_font(size), anchor=anchor)
 
 
 def _text_width(text: str, size: int) -> int:
-    font, _ = _font(size)
-    try:
-        return int(math.ceil(font.getlength(text)))
-    except AttributeError:
-        return 6 * len(text)
+    return math.ceil(_font(size).getlength(text))
 
 
 # ---------------------------------------------------------------------- charts
@@ -356,8 +290,8 @@ def bar_chart(
 ) -> np.ndarray:
     """A top-k prediction as horizontal bars, best first as given: label, bar, percentage.
 
-    ``labels``: class names or class indices (looked up in ``classes``); drawn as kana when a
-    Japanese font is found, else as ``#index``. ``probs`` in [0, 1]. RGB (H, W, 3) uint8.
+    ``labels``: class names or class indices (looked up in ``classes``). ``probs`` in [0, 1].
+    RGB (H, W, 3) uint8.
     """
     p = _to_numpy(probs).reshape(-1)
     labels = list(labels)
@@ -367,8 +301,7 @@ def bar_chart(
     height = height or n * row_height + 8
     rh = (height - 8) / n
     size = max(8, int(rh * 0.62))
-    _, cjk = _font(size)
-    texts = [_label_text(lab, classes, cjk) for lab in labels]
+    texts = [_label_text(lab, classes) for lab in labels]
     label_w = max([_text_width(t, size) for t in texts] + [size]) + 12
     pct_w = _text_width("100.0%", max(8, int(size * 0.75))) + 10
     bar_w = max(10, width - label_w - pct_w - 8)
@@ -421,14 +354,16 @@ def confusion_image(
     normalize: str | None = "true",
     gamma: float = 0.5,
     labels: bool = True,
+    counts: bool = False,
 ) -> np.ndarray:
     """A confusion matrix (rows: true class, columns: predicted) as a viridis heatmap, RGB uint8.
 
     ``normalize='true'`` divides each row by its count (the diagonal is each class's recall);
     None: divides by the largest count. Brightness is value**gamma, so that a few per cent of
-    confusion still shows. Each cell is ``cell`` pixels (at least 6). With ``labels`` the class
-    names run along the left (true) and top (predicted) margins (indices when no kana font);
-    without, cell (i, j) is exactly ``[i*cell:(i+1)*cell, j*cell:(j+1)*cell]``.
+    confusion still shows. Each cell is ``cell`` pixels (at least 6); with ``counts`` it shows its
+    count. With ``labels`` the class names (``#index`` without ``classes``) run along the left
+    (true) and top (predicted) margins, every k-th one when they are wider than a cell; without,
+    cell (i, j) is exactly ``[i*cell:(i+1)*cell, j*cell:(j+1)*cell]``.
     """
     m = _to_numpy(cm)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
@@ -441,17 +376,20 @@ def confusion_image(
         v = m / max(m.max(), 1e-12)
     else:
         raise ValueError(f"normalize must be 'true' or None, got {normalize!r}")
-    heat = colormap(np.clip(v, 0, 1) ** gamma).repeat(cell, axis=0).repeat(cell, axis=1)
+    colours = colormap(np.clip(v, 0, 1) ** gamma)
+    heat = Image.fromarray(colours.repeat(cell, axis=0).repeat(cell, axis=1))
+    if counts:
+        _draw_counts(ImageDraw.Draw(heat), m, colours, cell)
     if not labels:
-        return heat
+        return np.asarray(heat)
     size = max(6, cell - 2)
-    _, cjk = _font(size)
-    texts = [_label_text(i, classes, cjk) for i in range(n)]
-    if not cjk:  # indices: every fifth, or they overlap
-        texts = [t if i % 5 == 0 else "" for i, t in enumerate(texts)]
-    margin = max([_text_width(t, size) for t in texts] + [cell]) + 6
+    texts = [_label_text(i, classes) for i in range(n)]
+    widths = [_text_width(t, size) for t in texts]
+    step = math.ceil((max(widths + [0]) + 2) / cell)  # labels wider than a cell: every step-th one
+    texts = [t if i % step == 0 else "" for i, t in enumerate(texts)]
+    margin = max(widths + [cell]) + 6
     img = Image.new("RGB", (margin + n * cell + 2, margin + n * cell + 2), WHITE)
-    img.paste(Image.fromarray(heat), (margin, margin))
+    img.paste(heat, (margin, margin))
     draw = ImageDraw.Draw(img)
     for i, t in enumerate(texts):
         if t:
@@ -459,6 +397,19 @@ def confusion_image(
             _draw_text(draw, (margin - 3, c), t, size, TEXT, "rm")  # true class, left
             _draw_text(draw, (c, margin - 3), t, size, TEXT, "mb")  # predicted class, top
     return np.asarray(img)
+
+
+def _draw_counts(draw: ImageDraw.ImageDraw, m: np.ndarray, colours: np.ndarray, cell: int) -> None:
+    """Each count of ``m`` in the middle of its ``cell``-pixel cell: dark on a bright cell, white on
+    a dark one, in the largest size (up to half a cell) at which the widest count fits."""
+    widest = f"{m.max():.0f}"
+    size = max(6, cell // 2)
+    while size > 6 and _text_width(widest, size) > cell - 4:
+        size -= 1
+    bright = colours @ np.array([0.299, 0.587, 0.114]) > 140
+    for (i, j), count in np.ndenumerate(m):
+        xy = (j * cell + cell / 2, i * cell + cell / 2)
+        _draw_text(draw, xy, f"{count:.0f}", size, TEXT if bright[i, j] else WHITE, "mm")
 
 
 def gallery(
@@ -486,20 +437,17 @@ def gallery(
     k = min(len(x), len(t), len(p), max_items)
     h, w = x.shape[1] * scale, x.shape[2] * scale
     size = max(10, min(20, w // 4))
-    _, cjk = _font(size)
     cap_h = size + 6
     ncols = max(1, min(ncols, k)) if k else 1
     nrows = max(1, math.ceil(k / ncols))
     img = Image.new("RGB", (pad + ncols * (w + pad), pad + nrows * (h + cap_h + pad)), WHITE)
     draw = ImageDraw.Draw(img)
-    arrow = "→" if cjk else "->"
     for i in range(k):
         r, c = divmod(i, ncols)
         x0, y0 = pad + c * (w + pad), pad + r * (h + cap_h + pad)
         tile = np.round(np.clip(x[i], 0, 1) * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
         img.paste(Image.fromarray(tile).convert("RGB"), (x0, y0))
-        a, b = _label_text(t[i], classes, cjk), _label_text(p[i], classes, cjk)
-        parts = [(a, TEXT), (arrow, MUTED), (b, WRONG)]
+        parts = [(_label_text(t[i], classes), TEXT), ("→", MUTED), (_label_text(p[i], classes), WRONG)]
         total = sum(_text_width(s, size) for s, _ in parts)
         cx, cy = x0 + max(0, (w - total) / 2), y0 + h + cap_h / 2
         for s, colour in parts:

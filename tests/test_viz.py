@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from maist import viz
+from maist.analysis import _voiced_figure, voiced_confusions
+from maist.data.kana import CLASS_SET_NAMES, class_set
+from maist.fonts import FONT
+from maist.fonts.make_subset import characters
 from maist.models import DeepMnistCNN, LinearSoftmax
 
 
@@ -193,25 +200,101 @@ def test_gallery_layout():
 
 
 # ---------------------------------------------------------------- fonts and files
-def test_find_cjk_font_is_cached_and_draws_kana():
-    path = viz.find_cjk_font()
-    assert viz.find_cjk_font() is path  # looked up once
-    if path is None:
-        pytest.skip("no font with kana on this machine: figures label classes by number")
-    from PIL import ImageFont
-
-    font = ImageFont.truetype(path, 24)
-    masks = {ch: bytes(font.getmask(ch)) for ch in "ぬねあ"}
-    assert all(any(m) for m in masks.values())  # ink for each …
-    assert len(set(masks.values())) == 3  # … and a glyph of its own (not one "missing" box for all)
+# This machine and CI have no Japanese font: every glyph below comes from the font MAIST ships.
+NOT_IN_FONT = "\ue000"  # a private-use character: the font draws its .notdef box
 
 
-def test_text_falls_back_to_indices_without_a_kana_font(monkeypatch):
-    monkeypatch.setattr(viz, "_font", lambda size: (viz.ImageFont.load_default(), False))
-    assert viz._label_text(3, ["a", "b", "c", "ぬ"], cjk=False) == "#3"
-    assert viz._label_text("ぬ", ["a", "ぬ"], cjk=False) == "#1"
-    img = viz.bar_chart(["ぬ"], [1.0])  # draws without a kana font
-    assert img.shape[2] == 3
+def _drawn(text: str, size: int = 24) -> np.ndarray:
+    """``text`` as viz draws a label, black on white."""
+    img = Image.new("L", (4 * size, 2 * size), 255)
+    viz._draw_text(ImageDraw.Draw(img), (size, size), text, size, 0, "lm")
+    return np.asarray(img)
+
+
+def test_figures_use_the_shipped_font_unless_maist_font_names_another(monkeypatch, tmp_path):
+    monkeypatch.delenv("MAIST_FONT", raising=False)
+    assert viz.font_path() == FONT and FONT.stat().st_size < 1_000_000
+    other = tmp_path / "other.otf"
+    shutil.copy(FONT, other)
+    monkeypatch.setenv("MAIST_FONT", str(other))
+    assert viz.font_path() == other
+    monkeypatch.setenv("MAIST_FONT", str(tmp_path / "missing.otf"))
+    assert viz.font_path() == FONT
+    monkeypatch.setattr(viz, "FONT", tmp_path / "gone.otf")
+    with pytest.raises(FileNotFoundError, match="package data"):
+        viz.font_path()
+
+
+def test_a_kana_and_a_kanji_label_draw_as_glyphs():
+    drawn = {t: _drawn(t) for t in ("か", "が", "漢", NOT_IN_FONT, "#0", "#1")}
+    assert all((d < 128).any() for d in drawn.values())  # ink for each …
+    keys = list(drawn)
+    for i, a in enumerate(keys):  # … and each its own: not one box for all, nor an index
+        assert all(not np.array_equal(drawn[a], drawn[b]) for b in keys[i + 1 :]), a
+
+
+def test_the_font_draws_every_class_sets_character():
+    font = viz._font(16)
+    box = font.getmask(NOT_IN_FONT)
+    box = (box.size, bytes(box))
+    wanted = set(characters())
+    for name in CLASS_SET_NAMES:
+        assert set(class_set(name).classes) <= wanted, name
+    for ch in sorted(wanted):
+        if not ch.isspace():
+            mask = font.getmask(ch)
+            assert any(bytes(mask)) and (mask.size, bytes(mask)) != box, f"U+{ord(ch):04X} {ch}"
+
+
+def test_label_text_names_classes():
+    assert viz._label_text(3, ["a", "b", "c", "ぬ"]) == "ぬ"
+    assert viz._label_text(torch.tensor(1), "あい") == "い"
+    assert viz._label_text(7, ["a"]) == "#7" and viz._label_text(2, None) == "#2"  # no name to give
+    assert viz._label_text("漢", None) == "漢"
+
+
+def test_confusion_image_and_gallery_label_with_glyphs():
+    def confusion(names):
+        return viz.confusion_image(np.array([[5, 1], [0, 6]]), names, cell=20)
+
+    kana, other, boxes = confusion(["か", "が"]), confusion(["ぬ", "ね"]), confusion([NOT_IN_FONT] * 2)
+    assert kana.shape == other.shape == boxes.shape
+    assert not np.array_equal(kana, other) and not np.array_equal(kana, boxes)
+
+    images = torch.zeros(2, 1, 28, 28)
+
+    def gallery(names):
+        return viz.gallery(images, [0, 1], [1, 0], names, ncols=2)
+
+    kana, other, boxes = gallery(["か", "が"]), gallery(["ぬ", "ね"]), gallery([NOT_IN_FONT] * 2)
+    assert not np.array_equal(kana, other) and not np.array_equal(kana, boxes)
+
+
+def test_voiced_figure_names_every_family_and_shows_its_counts(monkeypatch):
+    classes = class_set("hiragana71").classes
+    cm = np.diag(np.arange(10, 10 + len(classes)))
+    ka, ga, ha, ba, pa = (classes.index(c) for c in "かがはばぱ")
+    cm[ka, ga], cm[ha, ba], cm[pa, ba], cm[ha, ka] = 2, 3, 1, 4  # the last: outside any family
+    voiced = voiced_confusions(cm, classes)
+    drawn = []
+    real = viz._draw_text
+
+    def spy(draw, xy, text, *args):
+        drawn.append(text)
+        real(draw, xy, text, *args)
+
+    monkeypatch.setattr(viz, "_draw_text", spy)
+    figure = _voiced_figure(voiced)
+    # each family's characters twice (true down the left, predicted along the top) and its counts
+    expected = Counter()
+    for f in voiced:
+        expected.update(f["classes"] * 2)
+        expected.update(str(c) for row in f["counts"] for c in row)
+    assert Counter(drawn) == expected
+    assert len(voiced) == 20 and {"か", "が", "は", "ば", "ぱ"} <= set(drawn)
+    assert {"2", "3", "1"} <= set(drawn) and not any(t.startswith("#") for t in drawn)
+    boxes = [{**f, "classes": [NOT_IN_FONT] * len(f["classes"])} for f in voiced]
+    assert not np.array_equal(figure, _voiced_figure(boxes))  # the names are glyphs, not boxes
 
 
 def test_save_png_round_trip_and_atomic(tmp_path):
