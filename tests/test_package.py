@@ -31,6 +31,7 @@ def test_an_installed_wheel_trains_from_an_empty_folder(tmp_path):
     (wheel,) = wheels.glob("maist-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "maist/conf/train.yaml" in names and "maist/conf/experiment/best.yaml" in names
+    assert "maist/fonts/NotoSansCJKjp-Regular-subset.otf" in names  # the figures name their characters
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1", "MAIST_CACHE_DIR": str(tmp_path / "c")}
     # the installed console script, run where there is no checkout
