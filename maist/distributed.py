@@ -9,6 +9,7 @@ keep their meaning) whatever the number of processes.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -58,6 +59,45 @@ def launch_ranks_as_this_job() -> None:
     with read_write(hc):
         hc.run.dir = hc.runtime.output_dir
     sys.argv = [sys.argv[0], *hc.overrides.task]
+
+
+def end_launched_ranks(trainer) -> None:
+    """Kill the ranks this process launched (Lightning's subprocess launcher), when the run fails
+    here: a frozen rank would otherwise outlive the run, holding its output open."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+    if isinstance(launcher, _SubprocessScriptLauncher) and getattr(launcher, "procs", None):
+        launcher.kill(signal.SIGKILL)
+
+
+# What a collective that lost a rank fails with (gloo and NCCL errors are RuntimeErrors, some of
+# them torch.distributed.DistError), by the words of their messages.
+TIMED_OUT = ("Timed out", "timed out", "Timeout")
+CONNECTION_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused")
+
+
+def lost_rank_message(err: BaseException) -> str | None:
+    """One line for a run that ended because another rank stopped answering (a collective timed out:
+    ``trainer.strategy.timeout``) or died (its connection closed), naming this rank and the others;
+    None for any other error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        text = str(err)
+        if isinstance(err, RuntimeError) and any(w in text for w in TIMED_OUT + CONNECTION_LOST):
+            break
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    else:
+        return None
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 2))
+    others = ", ".join(str(r) for r in range(world) if r != rank)
+    why = (
+        "it did not answer within trainer.strategy.timeout (frozen or far behind)"
+        if any(w in text for w in TIMED_OUT)
+        else "its connection closed (the process ended: its own output says why)"
+    )
+    return f"rank {rank} of {world} lost rank {others}: {why}; the run stopped ({text.splitlines()[0][:160]})"
 
 
 # What Lightning's subprocess launcher sets in the launching process's environment.

@@ -25,7 +25,7 @@ from maist.callbacks.checkpoints import LastCheckpoint, remove_stale_temporaries
 from maist.checkpoint import build_module as checkpoint_module
 from maist.checkpoint import check_resumable, data_spec, read_checkpoint, state_dict_problem
 from maist.config import task_of
-from maist.distributed import launch_ranks_as_this_job, one_job_of_processes
+from maist.distributed import end_launched_ranks, launch_ranks_as_this_job, one_job_of_processes
 from maist.errors import CheckpointError, ConfigError
 from maist.files import write_atomic
 from maist.module import PER_CLASS, MaistModule
@@ -132,8 +132,15 @@ def _run(cfg: DictConfig) -> dict:
         log.info("config (all of it: %s):\n%s", out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if trainer.is_global_zero:
         remove_stale_temporaries(out)
-    datamodule.setup("fit")  # decoded once: the first process writes the cache, the others load it
+    try:
+        return _fit_and_test(cfg, trainer, model, datamodule, callbacks, loggers, out)
+    except BaseException:
+        end_launched_ranks(trainer)  # a rank that failed, or that lost another, leaves none behind
+        raise
 
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, callbacks: list, loggers: list, out: Path):
+    datamodule.setup("fit")  # decoded once: the first process writes the cache, the others load it
     task = task_of(cfg.task_name, cfg.train)
     metrics: dict = {"task_name": task, "output_dir": str(out)}
     if cfg.train:

@@ -43,8 +43,6 @@ def build(cfg):
     )
     callbacks = _instantiate_all(cfg.get("callbacks")) + _instantiate_all(cfg.get("schedule"))
     overrides = {"accelerator": "cpu", "sync_batchnorm": False} if cfg.trainer.accelerator == "gpu" else {}
-    if cfg.trainer.get("strategy") == "ddp":
-        overrides["strategy"] = "ddp"
     trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -73,7 +71,7 @@ def test_every_config_of_a_group_builds(group):
         cfg = compose_cfg(f"{group}={name}")
         datamodule, model, trainer = build(cfg)
         if group == "trainer":
-            assert (trainer.world_size if cfg.trainer.get("strategy") == "ddp" else 1) == cfg.trainer.devices
+            assert (trainer.world_size if cfg.trainer.get("strategy") else 1) == cfg.trainer.devices
         if group == "logger":
             assert len(trainer.loggers) == len(cfg.logger)
 

@@ -151,6 +151,57 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+STOP = """
+import os, signal
+import lightning as L
+
+class StopRank(L.Callback):
+    '''Stops (SIGSTOP: frozen) or kills (SIGKILL) one rank at one step.'''
+    def __init__(self, rank, step, how):
+        self.rank, self.step, self.signal = rank, step, getattr(signal, how)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGSTOP", "SIGKILL"])
+def test_a_rank_that_stops_answering_ends_the_run_in_one_line(tmp_path, how):
+    """A frozen rank (no answer: the collective timeout) or a dead one (its connection closes):
+    rank 0 ends with one line naming the rank it lost, not a hang or a gloo traceback."""
+    (tmp_path / "stop.py").write_text(STOP)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "trainer=ddp_cpu",
+            "model=linear",
+            "trainer.max_steps=40",
+            "trainer.strategy.timeout.seconds=15",
+            "+callbacks.stop._target_=stop.StopRank",
+            "+callbacks.stop.rank=1",
+            "+callbacks.stop.step=5",
+            f"+callbacks.stop.how={how}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "~callbacks.feature_maps",
+            *QUIET,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert last.startswith("error: rank 0 of 2 lost rank 1: "), last
+    assert ("did not answer within trainer.strategy.timeout" if how == "SIGSTOP" else "connection closed") in last
+    assert "Traceback" not in proc.stderr
+
+
 def sweep_of_two(tmp_path) -> list[str]:
     """A short 2-job sweep (two schedules of the linear model) into ``tmp_path / 'sweep'``."""
     return [
