@@ -33,6 +33,7 @@ import torch
 from maist import tracking, viz
 from maist.data.dataset import to_float
 from maist.files import write_atomic
+from maist.inference import logits
 from maist.module import READABLE_CLASSES
 
 log = logging.getLogger(__name__)
@@ -47,26 +48,10 @@ VOICED_CELL = 32  # pixels per cell of the voiced families' small matrices
 VOICED_COLUMNS = 5  # families per row of figures/voiced.png
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, images, batch_size: int = 1000) -> torch.Tensor:
-    """Class predictions (N,) of ``model``, in eval mode, batch by batch.
-
-    ``images``: a :class:`~maist.data.datamodule.Part` (read a batch at a time from its uint8
-    store) or an (N, 1, S, S) tensor, uint8 as stored or float in [0, 1]. A uint8 batch is moved
-    to the model's device and made float there."""
-    take = images.images if callable(getattr(images, "images", None)) else images.__getitem__
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        preds = []
-        for i in range(0, len(images), batch_size):
-            x = take(slice(i, i + batch_size)).to(device)
-            preds.append(model(to_float(x) if x.dtype == torch.uint8 else x).argmax(1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    """Class predictions (N,) of ``model`` (:func:`maist.inference.logits`)."""
+    out = logits(model, images, batch_size)
+    return out.argmax(1) if len(out) else torch.empty(0, dtype=torch.long)
 
 
 def _images(part, idx: torch.Tensor) -> torch.Tensor:
@@ -375,6 +360,6 @@ def analyse_test(
         "test analysis: %s (%d errors; worst writer %.3f)",
         out_dir / REPORT,
         len(wrong),
-        summary["writer_acc_min"] or float("nan"),
+        summary["writer_acc_min"] if summary["writer_acc_min"] is not None else float("nan"),
     )
     return summary

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maist import inference
 from maist.checkpoint import load_module
 from maist.cli import EXIT_USAGE, cli, float_option, int_option, parse_cli
 from maist.data.preprocess import Preprocess
@@ -149,9 +150,10 @@ class Predictor:
 
     # ------------------------------------------------------------------ outputs
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, classes) outputs for network input ``x`` (N, 1, S, S)."""
         self._check_input(x)
-        with self._lock, torch.no_grad():
-            return self.net(x.float())
+        with self._lock:
+            return inference.logits(self.net, x)
 
     def probabilities(self, images) -> torch.Tensor:
         """(N, classes) softmax probabilities."""
