@@ -5,7 +5,6 @@ parameters), so a sweep reads as one table."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -105,26 +104,27 @@ def flush(loggers: list) -> None:
 
 
 class MlflowLogger(MLFlowLogger):
-    """Lightning's MLflow logger with MAIST's defaults: a local tracking store under ``outputs/``
+    """Lightning's MLflow logger with MAIST's defaults: a local store that ``mlflow ui`` opens as it
+    is (the SQLite database ``outputs/mlflow.db``, figures under ``outputs/mlartifacts/<experiment>``)
     unless ``tracking_uri`` names your server, and a run name that says what the run is.
 
     Args:
         experiment_name: the MLflow experiment (default: the run's ``task_name``).
-        tracking_uri: ``null`` for the local store ``outputs/mlruns``, or a server's URI.
+        tracking_uri: ``null`` for the local store, or a server's URI.
         run_name: ``null`` for the run's defining overrides.
         **kwargs: passed to Lightning's ``MLFlowLogger``.
     """
 
-    LOCAL_STORE = Path("outputs") / "mlruns"
+    LOCAL_STORE = Path("outputs") / "mlflow.db"
+    LOCAL_ARTIFACTS = Path("outputs") / "mlartifacts"
 
     def __init__(
         self, experiment_name: str = "maist", tracking_uri: str | None = None, run_name: str | None = None, **kwargs
     ):
         if tracking_uri is None:
-            tracking_uri = self.LOCAL_STORE.resolve().as_uri()
-        if tracking_uri.startswith("file:"):
-            # MLflow keeps its plain-file store in maintenance mode; it is what a local store needs.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            self.LOCAL_STORE.parent.mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{self.LOCAL_STORE.resolve()}"
+            kwargs.setdefault("artifact_location", (self.LOCAL_ARTIFACTS / experiment_name).resolve().as_uri())
         super().__init__(
             experiment_name=experiment_name,
             tracking_uri=tracking_uri,
