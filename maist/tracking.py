@@ -1,6 +1,6 @@
-"""What a run tells its trackers (TensorBoard, MLflow, CSV): one path for figures, and one for the
-settings that define the run next to its final results (TensorBoard's HParams dashboard, MLflow's
-parameters), so a sweep reads as one table."""
+"""What a run tells its trackers (TensorBoard, MLflow, Weights & Biases, CSV): one path for figures,
+and one for the settings that define the run next to its final results (TensorBoard's HParams
+dashboard, MLflow's parameters, W&B's config and summary), so a sweep reads as one table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import Container, DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def run_label(default: str = "run") -> str:
 
 
 def log_summary(loggers: list, cfg: DictConfig, metrics: dict) -> None:
-    """Each tracker gets the run's settings next to its final metrics (call it once, at the end)."""
+    """Each tracker gets the run's settings next to its final metrics (call it once, at the end: it
+    ends the W&B run, so that a sweep's next job gets its own)."""
     settings = run_settings(cfg)
     final = {f"final/{k}": float(metrics[k]) for k in SUMMARY_METRICS if isinstance(metrics.get(k), (int, float))}
     for lg in loggers:
@@ -81,14 +82,19 @@ def log_summary(loggers: list, cfg: DictConfig, metrics: dict) -> None:
             if final:
                 lg.log_metrics(final, step=int(metrics.get("steps", 0)))
         lg.save()
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()
 
 
 def log_image(loggers: list, tag: str, image: np.ndarray, step: int) -> None:
     """A figure (H×W grey or H×W×3 uint8) to every tracker that keeps pictures: TensorBoard's
-    images, MLflow's artifacts (``<tag>/step<step>.png``); CSV keeps none."""
+    images, MLflow's artifacts (``<tag>/step<step>.png``), W&B's media (``<tag>``); CSV keeps none."""
     for lg in loggers or []:
         if isinstance(lg, MLFlowLogger):
             lg.experiment.log_image(lg.run_id, np.ascontiguousarray(image), f"{tag}/step{step:06d}.png")
+            continue
+        if isinstance(lg, WandbLogger):
+            lg.log_image(tag, [image], step=step)
             continue
         experiment = getattr(lg, "experiment", None)
         if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
@@ -131,3 +137,22 @@ class MlflowLogger(MLFlowLogger):
             run_name=run_name or run_label(experiment_name),
             **kwargs,
         )
+
+
+class WandbRunLogger(WandbLogger):
+    """Lightning's Weights & Biases logger with MAIST's defaults: a run name that says what the run
+    is, and one W&B run per MAIST run: ``log_summary`` ends it, and a run left open by a sweep's job
+    that failed before then ends here, marked failed (else Lightning would log into it).
+
+    Args:
+        project: the W&B project.
+        name: ``null`` for the run's defining overrides.
+        **kwargs: passed to Lightning's ``WandbLogger`` (``save_dir``, ``offline``, ``entity``, …).
+    """
+
+    def __init__(self, project: str = "maist", name: str | None = None, **kwargs):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.finish(exit_code=1)
+        super().__init__(project=project, name=name or run_label(project), **kwargs)

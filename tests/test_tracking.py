@@ -1,6 +1,6 @@
 """A sweep reads as one table: each run's settings next to its final metrics in TensorBoard's
-HParams dashboard and in MLflow (its default local store, read back through `mlflow ui`), and
-folders named by what they are."""
+HParams dashboard, in MLflow (its default local store, read back through `mlflow ui`) and in
+W&B (offline runs), and folders named by what they are."""
 
 from __future__ import annotations
 
@@ -148,3 +148,89 @@ def test_mlflow_ui_opens_the_default_store(tmp_path, monkeypatch):
     assert "train/loss" in metrics and len(history["metrics"]) == 2  # validated every 10 of 20 steps
     assert "schedule=stepped" in run["info"]["run_name"] and "logger" not in run["info"]["run_name"]
     assert figure == f"test/confusion/step{m['steps']:06d}.png" and png.startswith(b"\x89PNG")
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run's ``.wandb`` file, which ``wandb sync`` uploads: a 7-byte
+    header, then LevelDB's log format (32 KiB blocks of chunks, each a 7-byte header — checksum,
+    length, type: 1 whole, 2 first, 3 middle, 4 last — then its bytes)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pos, chunk = [], 7, b""
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        if room < 7:  # a block's last few bytes are padding
+            pos += room
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(Record.FromString(chunk))
+            chunk = b""
+    return records
+
+
+def wandb_run(folder: Path) -> dict:
+    """One offline W&B run under ``folder``: its name, config, summary, history rows and exit code."""
+    (log,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    run = {"dir": log.parent, "config": {}, "summary": {}, "history": [], "exit_code": None}
+    for r in wandb_records(log):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run["name"] = r.run.display_name
+        elif kind in ("config", "summary"):
+            items = getattr(r, kind).update
+            run[kind].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items})
+        elif kind == "history":
+            run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "exit":
+            run["exit_code"] = r.exit.exit_code
+    return run
+
+
+def wandb_offline(tmp_path) -> dict:
+    """Environment for W&B runs that stay on this machine, with its own settings and caches."""
+    return {
+        "WANDB_MODE": "offline",
+        **{f"WANDB_{d}_DIR": str(tmp_path / d.lower()) for d in ("CONFIG", "CACHE", "DATA")},
+    }
+
+
+def test_wandb_gets_the_settings_metrics_and_figures_one_run_per_job(tmp_path):
+    pytest.importorskip("wandb", reason="logger=wandb needs the wandb extra")
+    train(
+        "-m",
+        "logger=wandb",
+        "schedule=constant,stepped",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "trainer.log_every_n_steps=5",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        env=wandb_offline(tmp_path),
+    )
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 2
+    for job, schedule in zip(jobs, ("constant", "stepped")):
+        run, m = wandb_run(job), json.loads((job / "metrics.json").read_text())
+        assert run["exit_code"] == 0, "log_summary ends each job's run"
+        assert run["config"]["schedule"] == schedule and run["config"]["model"] == "linear"
+        assert run["config"]["trainer.max_steps"] == 20 and "logger" not in run["name"]
+        assert run["summary"]["final/test/acc"] == pytest.approx(m["test/acc"], abs=1e-6)
+        assert len([h for h in run["history"] if "val/acc" in h]) == 2  # validated every 10 of 20 steps
+        assert any("train/loss" in h for h in run["history"])
+        (figure,) = run["summary"]["test/confusion/filenames"]
+        assert (run["dir"] / "files" / figure).read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_wandb_run_left_open_by_a_failed_job_ends_failed(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="logger=wandb needs the wandb extra")
+    from maist.tracking import WandbRunLogger
+
+    for key, value in wandb_offline(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    wandb.init(project="maist", dir=tmp_path / "failed")
+    WandbRunLogger(save_dir=tmp_path / "next")
+    assert wandb.run is None
+    assert wandb_run(tmp_path / "failed")["exit_code"] == 1
