@@ -48,10 +48,34 @@ def sweep(folder: Path, steps: int) -> None:
     )
 
 
-def screenshot(logdir: Path, out: Path) -> None:
+def chromium(width: int, height: int, profile: Path):
+    """Headless Debian Chromium driven by selenium, a window of ``width``×``height``, a fresh
+    profile in ``profile``, and nothing reaching beyond the page it is sent to."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = shutil.which("chromium")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+        "--force-device-scale-factor=1",
+    ):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def screenshot(logdir: Path, out: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -69,20 +93,7 @@ def screenshot(logdir: Path, out: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    opts = Options()
-    opts.binary_location = shutil.which("chromium")
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1900,560",
-        "--force-device-scale-factor=1",
-        "--disable-background-networking",
-        "--disable-component-update",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver = chromium(1900, 560, logdir.parent / "chromium-profile")
     try:
         deadline = time.time() + 60
         while time.time() < deadline:  # TensorBoard takes a few seconds to start and load

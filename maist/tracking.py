@@ -1,15 +1,14 @@
-"""What a run tells its trackers (TensorBoard, MLflow, CSV): one path for figures, and one for the
-settings that define the run next to its final results (TensorBoard's HParams dashboard, MLflow's
-parameters), so a sweep reads as one table."""
+"""What a run tells its trackers (TensorBoard, MLflow, Weights & Biases, CSV): one path for figures,
+and one for the settings that define the run next to its final results (TensorBoard's HParams
+dashboard, MLflow's parameters, W&B's config and summary), so a sweep reads as one table."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import Container, DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,8 @@ def run_label(default: str = "run") -> str:
 
 
 def log_summary(loggers: list, cfg: DictConfig, metrics: dict) -> None:
-    """Each tracker gets the run's settings next to its final metrics (call it once, at the end)."""
+    """Each tracker gets the run's settings next to its final metrics (call it once, at the end: it
+    ends the W&B run, so that a sweep's next job gets its own)."""
     settings = run_settings(cfg)
     final = {f"final/{k}": float(metrics[k]) for k in SUMMARY_METRICS if isinstance(metrics.get(k), (int, float))}
     for lg in loggers:
@@ -82,14 +82,19 @@ def log_summary(loggers: list, cfg: DictConfig, metrics: dict) -> None:
             if final:
                 lg.log_metrics(final, step=int(metrics.get("steps", 0)))
         lg.save()
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()
 
 
 def log_image(loggers: list, tag: str, image: np.ndarray, step: int) -> None:
     """A figure (H×W grey or H×W×3 uint8) to every tracker that keeps pictures: TensorBoard's
-    images, MLflow's artifacts (``<tag>/step<step>.png``); CSV keeps none."""
+    images, MLflow's artifacts (``<tag>/step<step>.png``), W&B's media (``<tag>``); CSV keeps none."""
     for lg in loggers or []:
         if isinstance(lg, MLFlowLogger):
             lg.experiment.log_image(lg.run_id, np.ascontiguousarray(image), f"{tag}/step{step:06d}.png")
+            continue
+        if isinstance(lg, WandbLogger):
+            lg.log_image(tag, [image], step=step)
             continue
         experiment = getattr(lg, "experiment", None)
         if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
@@ -105,29 +110,49 @@ def flush(loggers: list) -> None:
 
 
 class MlflowLogger(MLFlowLogger):
-    """Lightning's MLflow logger with MAIST's defaults: a local tracking store under ``outputs/``
+    """Lightning's MLflow logger with MAIST's defaults: a local store that ``mlflow ui`` opens as it
+    is (the SQLite database ``outputs/mlflow.db``, figures under ``outputs/mlartifacts/<experiment>``)
     unless ``tracking_uri`` names your server, and a run name that says what the run is.
 
     Args:
         experiment_name: the MLflow experiment (default: the run's ``task_name``).
-        tracking_uri: ``null`` for the local store ``outputs/mlruns``, or a server's URI.
+        tracking_uri: ``null`` for the local store, or a server's URI.
         run_name: ``null`` for the run's defining overrides.
         **kwargs: passed to Lightning's ``MLFlowLogger``.
     """
 
-    LOCAL_STORE = Path("outputs") / "mlruns"
+    LOCAL_STORE = Path("outputs") / "mlflow.db"
+    LOCAL_ARTIFACTS = Path("outputs") / "mlartifacts"
 
     def __init__(
         self, experiment_name: str = "maist", tracking_uri: str | None = None, run_name: str | None = None, **kwargs
     ):
         if tracking_uri is None:
-            tracking_uri = self.LOCAL_STORE.resolve().as_uri()
-        if tracking_uri.startswith("file:"):
-            # MLflow keeps its plain-file store in maintenance mode; it is what a local store needs.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            self.LOCAL_STORE.parent.mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{self.LOCAL_STORE.resolve()}"
+            kwargs.setdefault("artifact_location", (self.LOCAL_ARTIFACTS / experiment_name).resolve().as_uri())
         super().__init__(
             experiment_name=experiment_name,
             tracking_uri=tracking_uri,
             run_name=run_name or run_label(experiment_name),
             **kwargs,
         )
+
+
+class WandbRunLogger(WandbLogger):
+    """Lightning's Weights & Biases logger with MAIST's defaults: a run name that says what the run
+    is, and one W&B run per MAIST run: ``log_summary`` ends it, and a run left open by a sweep's job
+    that failed before then ends here, marked failed (else Lightning would log into it).
+
+    Args:
+        project: the W&B project.
+        name: ``null`` for the run's defining overrides.
+        **kwargs: passed to Lightning's ``WandbLogger`` (``save_dir``, ``offline``, ``entity``, …).
+    """
+
+    def __init__(self, project: str = "maist", name: str | None = None, **kwargs):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.finish(exit_code=1)
+        super().__init__(project=project, name=name or run_label(project), **kwargs)
