@@ -406,11 +406,9 @@ def test_a_picture_at_the_training_width_is_left_as_it_is():
 def test_predictor_matches_strokes_only_when_asked_or_recorded(tmp_path):
     """A checkpoint without a ``stroke_width`` hparam (older ones) predicts as before; one with it,
     or ``stroke_width=`` given, matches; ``stroke_width=0`` turns it off."""
-    import inspect
 
     from test_predict import tiny_checkpoint
 
-    from maist.module import MaistModule
     from maist.predict import Predictor
 
     old = Predictor.from_checkpoint(tiny_checkpoint())
