@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maist.morphology import dilate, erode  # 3×3 grey dilation and erosion (stroke weight)
+
 
 def _range(value, name: str, centre: float) -> tuple[float, float]:
     """A scalar m → (centre - m, centre + m); a pair → itself."""
@@ -70,16 +72,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None
     if displacement is not None:
         grid = grid + displacement
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def dilate(x: torch.Tensor) -> torch.Tensor:
-    """3×3 grey dilation of the bright ink (bolder strokes)."""
-    return F.max_pool2d(x, 3, stride=1, padding=1)
-
-
-def erode(x: torch.Tensor) -> torch.Tensor:
-    """3×3 grey erosion of the bright ink (thinner strokes)."""
-    return -F.max_pool2d(-x, 3, stride=1, padding=1)
 
 
 class BatchAffine(nn.Module):

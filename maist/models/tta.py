@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maist.augment import affine_matrices, dilate, erode
+from maist.augment import affine_matrices
+from maist.morphology import dilate, erode
 
 VIEW_KEYS = ("rotate", "scale", "stroke")
 
