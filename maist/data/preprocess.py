@@ -152,17 +152,17 @@ class Preprocess:
 
     def _levels(self, levels: torch.Tensor, max_level: int, out: torch.Tensor) -> torch.Tensor:
         """A block of levels → (N, S, S) floats, its images held in ``out`` (N, H, W) meanwhile.
-        The threshold keeps the levels above each image's paper level (its last level whose value,
-        stretched and thresholded, is 0); the despeckled ones are then stretched in place, the very
-        arithmetic of :func:`stretch_contrast` on :func:`etl_levels_to_float`'s values."""
+        Each image's levels get their values from a table: the contrast and threshold steps'
+        arithmetic on :func:`etl_levels_to_float`'s values; ink is every level above the last that
+        comes out 0 (values rise with the level)."""
         values = torch.from_numpy(etl_levels_to_float(np.arange(max_level + 1), max_level))
-        contrast = level_contrast(levels, values, self.ink_percentile) if self.contrast == "stretch" else None
         table = values.expand(len(levels), -1)
-        table = self._threshold(stretch(table, *contrast) if contrast else table)
-        paper = ((table <= 0).sum(1) - 1).to(torch.uint8)  # values rise with the level: ink lies above
+        if self.contrast == "stretch":
+            table = stretch(table, *level_contrast(levels, values, self.ink_percentile))
+        table = self._threshold(table).contiguous()
+        paper = ((table <= 0).sum(1) - 1).to(torch.uint8)
         keep, ink = self._despeckle(levels.numpy() > paper.numpy()[:, None, None])
-        x = torch.from_numpy(etl_levels_to_float(levels.numpy() * keep.numpy(), max_level, out=out.numpy()))
-        return self._frame(x if contrast is None else stretch(x, *contrast, out=x), ink)
+        return self._frame(lookup(table, levels.numpy() * keep.numpy(), out), ink)
 
     def _threshold(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x < self.threshold, torch.zeros_like(x), x) if self.threshold > 0 else x
@@ -277,14 +277,13 @@ def mass_bounds(profile: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Te
     return (c <= q).sum(1).clamp(max=profile.shape[1] - 1), (c < 1 - q).sum(1).clamp(max=profile.shape[1] - 1)
 
 
-def etl_levels_to_float(levels: np.ndarray, max_level: int = LEVELS - 1, out: np.ndarray | None = None) -> np.ndarray:
-    """ETL levels (0 = paper, ``max_level`` = ink) → float32 in [0, 1], ink bright (into ``out``
-    if given): each level over ``max_level``, divided in float32.
+def etl_levels_to_float(levels: np.ndarray, max_level: int = LEVELS - 1) -> np.ndarray:
+    """ETL levels (0 = paper, ``max_level`` = ink) → float32 in [0, 1], ink bright.
 
     ``max_level`` is the decoded records' (``EtlRecords.max_level``): 15 for 4-bit layouts,
     1 for the binary B-type (ETL8B2, ETL9B).
     """
-    return np.divide(levels, np.float32(max_level), out=out, dtype=np.float32)
+    return levels.astype(np.float32) / max_level
 
 
 def stretch_contrast(x: torch.Tensor, ink_percentile: float = 99.0) -> torch.Tensor:
@@ -293,14 +292,13 @@ def stretch_contrast(x: torch.Tensor, ink_percentile: float = 99.0) -> torch.Ten
     return stretch(x, flat.median(dim=1).values, torch.quantile(flat, ink_percentile / 100, dim=1))
 
 
-def stretch(x: torch.Tensor, background: torch.Tensor, ink: torch.Tensor, out=None) -> torch.Tensor:
+def stretch(x: torch.Tensor, background: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
     """(N, ...) values, each image's (N,) background and ink level → ``(x - background) /
-    (ink - background)`` clipped to [0, 1] (the ink at least ``MIN_INK_RANGE`` above the background),
-    into ``out`` if given."""
+    (ink - background)`` clipped to [0, 1] (the ink at least ``MIN_INK_RANGE`` above the background)."""
     shape = (-1,) + (1,) * (x.ndim - 1)
     scale = (ink - background).clamp_min(MIN_INK_RANGE)
-    out = torch.sub(x, background.view(shape), out=out)
-    return out.div_(scale.view(shape)).clamp_(0.0, 1.0)
+    out = (x - background.view(shape)) / scale.view(shape)
+    return out.clamp_(0.0, 1.0)
 
 
 def level_contrast(levels: torch.Tensor, values: torch.Tensor, ink_percentile: float) -> tuple[torch.Tensor, ...]:
@@ -316,6 +314,14 @@ def level_contrast(levels: torch.Tensor, values: torch.Tensor, ink_percentile: f
     rank = float(np.float32(ink_percentile / 100)) * (pixels - 1)  # torch.quantile's: its float32 q, in double
     weight = torch.tensor(rank - math.floor(rank), dtype=torch.float32)
     return ranked((pixels - 1) // 2), ranked(math.floor(rank)).lerp(ranked(math.ceil(rank)), weight)
+
+
+def lookup(table: torch.Tensor, levels: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+    """(N, L) float32 table, (N, H, W) uint8 levels below L → ``table[n][levels[n]]`` in ``out``."""
+    rows, dst = table.numpy(), out.numpy()
+    for k in range(len(levels)):
+        np.take(rows[k], levels[k], out=dst[k], mode="wrap")  # the levels lie in the table: the quickest mode
+    return out
 
 
 def level_counts(levels: torch.Tensor, max_level: int) -> torch.Tensor:
