@@ -113,7 +113,8 @@ class Preprocess:
         return asdict(self)
 
     def __call__(self, images: np.ndarray | torch.Tensor, batch: int = BLOCK) -> torch.Tensor:
-        """(N, H, W) ink-bright floats in [0, 1] → (N, S, S) float32 tensor."""
+        """(N, H, W) ink-bright floats in [0, 1] (on the CPU) → (N, S, S) float32 tensor, ``batch``
+        images at a time."""
         x = torch.as_tensor(images, dtype=torch.float32)
         if x.ndim == 2:
             x = x[None]
