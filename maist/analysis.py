@@ -24,7 +24,6 @@ and returns a summary dict (also JSON-friendly) for ``metrics.json``.
 from __future__ import annotations
 
 import logging
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 
 from maist import tracking, viz
 from maist.data.dataset import to_float
+from maist.data.kana import voiced_parts
 from maist.files import write_atomic
 from maist.inference import logits
 from maist.module import READABLE_CLASSES
@@ -43,7 +43,6 @@ REPORT = "report.md"
 WORST_CLASSES = 8  # rows of the worst classes' gallery (and of its table in the report)
 ERRORS_PER_CLASS = 8  # misclassified images shown per worst class
 HISTOGRAM_BINS = 20
-VOICED_MARKS = ("\u3099", "\u309a")  # combining dakuten ゛ and handakuten ゜ (Unicode decomposition)
 VOICED_CELL = 32  # pixels per cell of the voiced families' small matrices
 VOICED_COLUMNS = 5  # families per row of figures/voiced.png
 
@@ -99,9 +98,9 @@ def voiced_families(classes) -> list[list[int]]:
     index = {c: i for i, c in enumerate(classes)}
     families: dict[str, list] = {}
     for c in classes:
-        parts = unicodedata.normalize("NFD", c)
-        if len(parts) == 2 and parts[1] in VOICED_MARKS:
-            families.setdefault(parts[0], [None, None, None])[1 + VOICED_MARKS.index(parts[1])] = index[c]
+        if (voiced := voiced_parts(c)) is not None:
+            base, mark = voiced
+            families.setdefault(base, [None, None, None])[1 + mark] = index[c]
     for base, members in families.items():
         members[0] = index.get(base)
     out = [[i for i in members if i is not None] for members in families.values()]

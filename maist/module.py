@@ -21,7 +21,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
 from maist import checks, registry
-from maist.data.kana import CLASS_SET_NAMES, ascii_name
+from maist.data.kana import CLASS_SET_NAMES, ascii_name, voiced_parts
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class MaistModule(L.LightningModule):
         augment: optional Hydra config of a batch augmentation (:class:`maist.augment.BatchAffine`).
         loss_reduction: ``sum`` over the batch (the article's) or ``mean``.
         label_smoothing: cross-entropy label smoothing.
+        voiced_weight: the training loss weight of the voiced forms' images (が … ぽ: a kana with a
+            dakuten or handakuten), the other classes' being 1 (1: every class alike).
         classes: the characters, in label order (saved for prediction).
         class_set: the name of the class set the labels come from.
         preprocess: the training :class:`~maist.data.preprocess.Preprocess` settings (saved, so
@@ -86,6 +88,7 @@ class MaistModule(L.LightningModule):
         augment: dict | None = None,
         loss_reduction: str = "sum",
         label_smoothing: float = 0.0,
+        voiced_weight: float = 1.0,
         classes: list[str] | None = None,
         class_set: str = "hiragana71",
         preprocess: dict | None = None,
@@ -101,6 +104,7 @@ class MaistModule(L.LightningModule):
         hp = self.hparams
         checks.choice("model.loss_reduction", loss_reduction, REDUCTIONS)
         checks.fraction("model.label_smoothing", label_smoothing)
+        checks.positive("model.voiced_weight", voiced_weight)
         checks.choice("data.class_set", class_set, CLASS_SET_NAMES)
         checks.whole("seed", seed)
         if ink_ratio is not None:
@@ -114,6 +118,11 @@ class MaistModule(L.LightningModule):
             registry.check_spec(hp.scheduler, "scheduler", "model.scheduler")
             checks.choice("model.scheduler.interval", hp.scheduler.get("interval", "step"), ("step", "epoch"))
         self.classes = [str(c) for c in classes or []]
+        weights = [voiced_weight if voiced_parts(c) else 1.0 for c in self.classes]
+        # the training loss's class weights (None: all 1); a buffer outside the state dict, made from the hparams
+        self.register_buffer(
+            "class_weight", torch.tensor(weights) if voiced_weight != 1.0 and self.classes else None, persistent=False
+        )
         self.net = registry.build(hp.net, "net", "model.net")
         self.augment = registry.build(hp.augment, "augment", "model.augment") if augment else None
         n = hp.net.get("num_classes", len(self.classes))
@@ -157,7 +166,11 @@ class MaistModule(L.LightningModule):
 
     def loss(self, logits, y):
         return F.cross_entropy(
-            logits, y, reduction=self.hparams.loss_reduction, label_smoothing=self.hparams.label_smoothing
+            logits,
+            y,
+            weight=self.class_weight,
+            reduction=self.hparams.loss_reduction,
+            label_smoothing=self.hparams.label_smoothing,
         )
 
     # ------------------------------------------------------------------ training

@@ -258,3 +258,48 @@ def test_a_step_that_erases_marks_is_caught():
     assert float(mark_survival(default_preprocess(despeckle=7), x, marks)[0].quantile(0.05)) < MIN_KEPT_P5
     x, marks = marked("faint")
     assert float(mark_survival(default_preprocess(threshold=0.6), x, marks)[0].quantile(0.05)) < MIN_KEPT_P5
+
+
+# ---------------------------------------------------------------- the voiced forms' loss weight
+
+
+def test_voiced_parts_names_the_base_and_the_mark():
+    from maist.data.kana import voiced_parts
+
+    assert voiced_parts("が") == ("か", 0) and voiced_parts("ぱ") == ("は", 1) and voiced_parts("ゔ") == ("う", 0)
+    assert voiced_parts("パ") == ("ハ", 1)
+    assert [voiced_parts(c) for c in "かはあ゛゜亜"] == [None] * 6
+    assert sum(voiced_parts(c) is not None for c in HIRAGANA71) == 25
+
+
+def _module(**settings):
+    from maist.module import MaistModule
+
+    net = {"_target_": "maist.models.LinearSoftmax", "num_classes": len(HIRAGANA71)}
+    optimizer = {"_target_": "torch.optim.SGD", "lr": 0.1}
+    return MaistModule(net=net, optimizer=optimizer, classes=list(HIRAGANA71), **settings)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_voiced_weight_weighs_the_voiced_forms_images_only(reduction):
+    torch.manual_seed(0)
+    logits = torch.randn(6, len(HIRAGANA71))
+    chars = "かがはぱばあ"
+    y = torch.tensor([HIRAGANA71.index(c) for c in chars])
+    plain = _module(loss_reduction=reduction)
+    weighted = _module(loss_reduction=reduction, voiced_weight=3.0)
+    each = F.cross_entropy(logits, y, reduction="none")
+    w = torch.tensor([1.0, 3.0, 1.0, 3.0, 3.0, 1.0])
+    expected = (w * each).sum() / (w.sum() if reduction == "mean" else 1)
+    torch.testing.assert_close(weighted.loss(logits, y), expected)
+    torch.testing.assert_close(plain.loss(logits, y), each.sum() / (len(y) if reduction == "mean" else 1))
+    assert plain.class_weight is None
+    # made from the hparams, never saved: a checkpoint's state dict is the same with or without it
+    assert weighted.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_voiced_weight_must_be_positive():
+    from maist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.voiced_weight"):
+        _module(voiced_weight=0)

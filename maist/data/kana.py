@@ -121,6 +121,18 @@ def ascii_name(char: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
 
 
+VOICED_MARKS = ("\u3099", "\u309a")  # combining dakuten ゛ and handakuten ゜ (Unicode decomposition)
+
+
+def voiced_parts(char: str) -> tuple[str, int] | None:
+    """A voiced form's base kana and mark, 0 for a dakuten and 1 for a handakuten (が → (か, 0),
+    ぱ → (は, 1), ゔ → (う, 0), katakana alike); None for any other character."""
+    parts = unicodedata.normalize("NFD", str(char))
+    if len(parts) == 2 and parts[1] in VOICED_MARKS:
+        return parts[0], VOICED_MARKS.index(parts[1])
+    return None
+
+
 def char_to_jis(char: str) -> int:
     """The JIS X 0208 code of one character."""
     raw = char.encode("euc_jp")
