@@ -16,46 +16,24 @@ at the end of the run (the machine may be shared: timings mean little without it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ETL_DEV = REPO.parent / "shared" / "data" / "etl-dev"
+from benchmarks.common import ETL_DEV, LEAN, train_run
+
 CASES = {
     "writers": [f"data.root={ETL_DEV / 'etl8b2-46'}"],
     "cross": [f"data.root={ETL_DEV / 'etl8b2-46'}", f"data.test_root={ETL_DEV / 'etl4c-46'}"],
 }
 
 
-def train_run(out: Path, cache_dir: Path, overrides: list[str]) -> dict:
-    """``python train.py`` with ``overrides`` in a fresh process, into ``out``, without progress bar,
-    test analysis or feature-map figures (``overrides`` come last and may change those): its
-    ``metrics.json``. A failed run exits with its stderr."""
-    cmd = [
-        sys.executable,
-        "train.py",
-        f"hydra.run.dir={out}",
-        f"data.cache_dir={cache_dir}",
-        "trainer.enable_progress_bar=false",
-        "analyse_test=false",
-        "~callbacks.feature_maps",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads((out / "metrics.json").read_text())
-
-
 def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
     """One seed of ``experiment`` on ``case`` in ``folder/<case>-<seed>`` (its ``metrics.json``;
     ``output_dir`` names the run folder, checkpoints and config included)."""
-    overrides = [f"experiment={experiment}", f"seed={seed}", *CASES[case], *extra]
+    overrides = [*LEAN, f"experiment={experiment}", f"seed={seed}", *CASES[case], *extra]
     return train_run(folder / f"{case}-{seed}", folder / "cache", overrides)
 
 
