@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maist.predict import Predictor, UsageError, cli, parse_cli
+from maist.cli import cli, parse_cli
+from maist.errors import UsageError
+from maist.predict import Predictor
 
 HOST = "127.0.0.1"
 DEFAULTS = {"ckpt_path": None, "clients": [1, 16, 200], "seconds": 10.0, "layers": True, "torch_threads": 1}

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks.common import ETL_DEV, LEAN, train_run
+from maist import morphology
 
 PENS = {  # name: (canvas height, canvas width, pen width as a share of the character's height)
     "fine": (83, 84, 0.025),
@@ -100,11 +101,7 @@ def zhang_suen(mask: torch.Tensor, max_iter: int = 200) -> torch.Tensor:
 
 def disk_dilate(mask: torch.Tensor, radius: float) -> torch.Tensor:
     """(N, H, W) bool → dilated by a disk of (real) ``radius`` pixels."""
-    r = int(np.ceil(radius))
-    yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-    kernel = ((yy * yy + xx * xx) <= radius * radius + 1e-6).float()[None, None]
-    out = F.conv2d(mask[:, None].float(), kernel, padding=r)[:, 0]
-    return out > 0.5
+    return morphology.dilate(mask, morphology.disk(radius, slack=1e-6))
 
 
 def skeletons(chars: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maist import checks
+from maist.morphology import dilate, erode  # 3×3 grey dilation and erosion (stroke weight)
 
 
 def affine_matrices(angle, scale, shear_x, shear_y, tx, ty) -> torch.Tensor:
@@ -62,16 +63,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None
     if displacement is not None:
         grid = grid + displacement
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def dilate(x: torch.Tensor) -> torch.Tensor:
-    """3×3 grey dilation of the bright ink (bolder strokes)."""
-    return F.max_pool2d(x, 3, stride=1, padding=1)
-
-
-def erode(x: torch.Tensor) -> torch.Tensor:
-    """3×3 grey erosion of the bright ink (thinner strokes)."""
-    return -F.max_pool2d(-x, 3, stride=1, padding=1)
 
 
 class BatchAffine(nn.Module):

@@ -44,9 +44,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from maist import morphology
 from maist.data.measure import stroke_width, stroke_widths
 from maist.data.preprocess import Preprocess, ink_box
 from maist.errors import UserError
+from maist.morphology import label_components
 
 __all__ = [
     "INK_FRAME_RATIO",
@@ -249,15 +251,6 @@ def ink_bright(x: torch.Tensor) -> torch.Tensor:
     return 1.0 - x if float((border > t).float().mean()) > 0.5 else x
 
 
-def _open_grey(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Grey opening (min filter, then max filter) with a k×k square, edges replicated."""
-    p = k // 2
-    t = F.pad(x[None, None], (p, p, p, p), mode="replicate")
-    t = -F.max_pool2d(-t, k, stride=1)
-    t = F.pad(t, (p, p, p, p), mode="replicate")
-    return F.max_pool2d(t, k, stride=1)[0, 0]
-
-
 def remove_background(x: torch.Tensor) -> torch.Tensor:
     """Subtract a smooth paper estimate (ink bright): strokes are thinner than the opening's
     window in a 64-px copy, so they drop out of it while uneven light stays."""
@@ -270,7 +263,7 @@ def remove_background(x: torch.Tensor) -> torch.Tensor:
         antialias=True,
         align_corners=False,
     )[0, 0]
-    bg = _open_grey(small, 9)
+    bg = morphology.dilate(morphology.erode(small, morphology.square(4)), morphology.square(4))  # 9×9 opening
     bg = F.avg_pool2d(F.pad(bg[None, None], (2, 2, 2, 2), mode="replicate"), 5, stride=1)
     bg = F.interpolate(bg, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     return (x - bg).clamp_min(0.0)
@@ -285,19 +278,6 @@ def otsu_threshold(x: torch.Tensor, bins: int = 256) -> float:
     m = (p * centres).cumsum(0)
     between = (m[-1] * w0 - m) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
     return float(centres[int(between.argmax())])
-
-
-def label_components(mask: torch.Tensor, max_iter: int | None = None) -> torch.Tensor:
-    """(N, H, W) bool → float labels of its 8-connected components, 0 on the background: each
-    component carries the largest of its pixels' running numbers (so labels are unique across the
-    batch), spread by repeated 3×3 max-pooling until nothing changes or ``max_iter`` rounds."""
-    labels = torch.arange(1, mask.numel() + 1, dtype=torch.float32).reshape(mask.shape) * mask
-    for _ in range(max_iter or mask.numel()):
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * mask
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    return labels
 
 
 def drop_specks(
@@ -395,27 +375,6 @@ def to_model_input(
 
 
 # ---------------------------------------------------------------------- stroke width
-def _disk_offsets(radius: int) -> list[tuple[int, int]]:
-    return [
-        (dy, dx)
-        for dy in range(-radius, radius + 1)
-        for dx in range(-radius, radius + 1)
-        if dy * dy + dx * dx <= radius * radius + radius
-    ]  # a round disk that also fills its axes
-
-
-def _disk_extreme(x: torch.Tensor, radius: int, dilate: bool) -> torch.Tensor:
-    """Grey dilation (max) or erosion (min) of (..., H, W) by a disk of integer ``radius``."""
-    if radius <= 0:
-        return x
-    h, w = x.shape[-2:]
-    fill = 0.0 if dilate else 1.0
-    p = F.pad(x, (radius, radius, radius, radius), value=fill)
-    out = None
-    for dy, dx in _disk_offsets(radius):
-        part = p[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-        out = part.clone() if out is None else (torch.maximum(out, part) if dilate else torch.minimum(out, part))
-    return out
 
 
 def morph(x, radius: float) -> torch.Tensor:
@@ -425,11 +384,17 @@ def morph(x, radius: float) -> torch.Tensor:
     x = torch.as_tensor(x, dtype=torch.float32)
     r = abs(float(radius))
     lo, frac = int(math.floor(r)), r - math.floor(r)
-    a = _disk_extreme(x, lo, radius > 0)
+
+    def by(whole: int) -> torch.Tensor:  # a round disk that also fills its axes: dy² + dx² ≤ r² + r
+        if whole <= 0:
+            return x
+        disk = morphology.disk(whole, slack=whole)
+        return morphology.dilate(x, disk, fill=0.0) if radius > 0 else morphology.erode(x, disk, fill=1.0)
+
+    a = by(lo)
     if frac < 1e-6:
         return a
-    b = _disk_extreme(x, lo + 1, radius > 0)
-    return a + frac * (b - a)
+    return a + frac * (by(lo + 1) - a)
 
 
 def match_stroke_width(

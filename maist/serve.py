@@ -2,7 +2,7 @@
 
     python -m maist.serve ckpt_path=CKPT [host=127.0.0.1] [port=8000]
 
-Standard library only (``http.server``, ``selectors``). Endpoints:
+A Starlette app on uvicorn (the ``serve`` extra). Endpoints:
 
 - ``GET /``: the page (``maist/static/index.html`` and ``app.js``): a canvas to draw on (mouse,
   pen or touch), the top-5 kana updated as you draw, and every layer's activations as small
@@ -14,66 +14,76 @@ Standard library only (``http.server``, ``selectors``). Endpoints:
 - ``GET /health``: ``{"ok": true, "checkpoint": file name, "model": …}`` (no folder is shown).
 
 Inference is :class:`maist.predict.Predictor`, the path ``maist.predict`` uses. Every answer but
-200 is ``{"error": reason, "status": code}``, and every answer closes its connection:
+200 is ``{"error": reason, "status": code}``:
 
-- 400 unreadable picture, nothing drawn, bad JSON or base64, malformed request (431: too many
-  or too long headers);
+- 400 unreadable picture, nothing drawn, bad JSON or base64, a malformed request (h11 refuses it,
+  or it is not HTTP/1.0 or 1.1); 431 more than :data:`MAX_HEADERS` headers, or an unfinished
+  head over :data:`MAX_HEADER_BYTES`;
 - 403 an ``Origin`` other than the page's own (another web site posting to it);
-- 404 unknown path; 405 wrong method; 408 the request did not arrive in time;
+- 404 unknown path; 405 wrong method; 408 the request (head and body) did not arrive within
+  ``request_timeout`` seconds of its connection's start or previous answer;
 - 411 no ``Content-Length``; 413 over :data:`MAX_UPLOAD` bytes or over
   :data:`maist.images.MAX_PIXELS` pixels (refused from the picture's header, before decoding);
 - 415 a ``Content-Type`` that is neither an image type nor ``application/json``;
 - 421 a ``Host`` that is not this server's (DNS rebinding): its bound name and port, plus
   ``localhost``, ``127.0.0.1``, ``[::1]`` when bound to loopback (bound to all interfaces: any
   IP address, or the machine's name);
-- 503 busy (``Retry-After``): the work queue is full, or no prediction slot came free within
-  ``queue_wait`` seconds. A missing or corrupt checkpoint stops the start with one line, exit 2.
+- 503 busy (``Retry-After``): more than ``max_connections`` connections are open, or no
+  prediction slot came free within ``queue_wait`` seconds. A missing or corrupt checkpoint stops
+  the start with one line, exit 2.
 
 How a connection flows (limits in :class:`Limits`, defaults the module constants): the kernel
-queues up to ``backlog`` new connections; one thread keeps every open connection in a selector
-until its client sends something (no thread per idle connection; silent ones close after
-``idle_timeout``, and past ``max_connections`` the longest silent one is closed), then ``workers``
-threads read requests (``idle_timeout`` per read or write, ``request_deadline`` for the whole
-request) and answer; decoding and prediction run ``predict_slots`` at a time, which
-bounds memory. After each answer the selector thread drains what the client still sends for up
-to ``linger`` seconds, so that it reads the answer rather than a reset. Disconnects and timeouts
-are one log line, never a traceback.
+queues up to ``backlog`` new connections; uvicorn's event loop holds every open one (no thread
+each: silent or slow clients delay no one) and closes one idle for ``keep_alive`` seconds between
+requests. :class:`PageProtocol` is uvicorn's h11 protocol plus what it lacks: the deadline of
+each request, JSON for h11's refusals and the 503 past ``max_connections``. The app checks each
+request (:class:`Guard`), reads the rest of a refused request's body before answering
+(:class:`ReadFirst`), and decodes and predicts in worker threads, ``predict_slots`` at a time,
+which bounds memory. Disconnects and timeouts are at most one log line, never a traceback.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import ipaddress
 import json
 import logging
-import queue
 import re
-import selectors
 import socket
 import sys
 import threading
 import time
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
+import anyio
+import h11
 import numpy as np
+import uvicorn
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from maist.cli import cli, parse_cli
+from maist.errors import UsageError
 from maist.images import MAX_PIXELS, ImageError, ImageTooLargeError, NoInkError
-from maist.predict import Predictor, UsageError, cli, parse_cli, predictor_from_cli
-
-log = logging.getLogger(__name__)
+from maist.predict import Predictor, predictor_from_cli
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes of one picture
-DRAIN_LIMIT = 16 * 1024 * 1024  # after an answer, at most this much of an unread body is drained
+DRAIN_LIMIT = 16 * 1024 * 1024  # a refused request's body is read before the answer up to this size
+MAX_HEADERS = 100  # headers of one request (http.server's limit)
+MAX_HEADER_BYTES = 16 * 1024  # an unfinished request head (h11's default, made explicit)
 STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -83,18 +93,16 @@ STATIC_FILES = {
 PAGE_LAYERS = ("input", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "filters", "weights")
 
 # Limits (see the module docstring and Limits).
-LISTEN_BACKLOG = 256  # new connections the kernel queues (http.server's default, 5, resets most of a burst)
-WORKERS = 32  # threads that read requests and write answers
-MAX_QUEUED = 256  # connections whose client has spoken, waiting for a worker; beyond: 503
-MAX_CONNECTIONS = 1024  # open connections in all (also kept under the process's file limit)
+LISTEN_BACKLOG = 256  # new connections the kernel queues
+MAX_CONNECTIONS = 1024  # open connections; a request on one more is answered 503
 PREDICT_SLOTS = 2  # pictures decoded and predicted at once (each may take ~0.2 GB)
 QUEUE_WAIT = 10.0  # seconds a request waits for a prediction slot before a 503
-IDLE_TIMEOUT = 10.0  # seconds a connection may stay silent: before its request, per read or write
-REQUEST_DEADLINE = 30.0  # seconds to receive a whole request (headers and body)
-LINGER = 2.0  # seconds to drain what a client still sends after its answer
+REQUEST_TIMEOUT = 10.0  # seconds for a whole request to arrive, from its connection's start or previous answer
+KEEP_ALIVE = 5.0  # seconds a connection may stay idle between requests
 RETRY_AFTER = 1  # seconds, in 503 answers
 
 JSON_TYPE = "application/json"
+ANSWER_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}  # on every answer of the app
 Image.init()
 IMAGE_TYPES = frozenset(
     {t for t in Image.MIME.values() if t.startswith("image/")}
@@ -123,26 +131,15 @@ class Limits:
     """What one server accepts at once and how long it waits (defaults: the module constants)."""
 
     backlog: int = LISTEN_BACKLOG
-    workers: int = WORKERS
-    max_queued: int = MAX_QUEUED
     max_connections: int = MAX_CONNECTIONS
     predict_slots: int = PREDICT_SLOTS
     queue_wait: float = QUEUE_WAIT
-    idle_timeout: float = IDLE_TIMEOUT
-    request_deadline: float = REQUEST_DEADLINE
-    linger: float = LINGER
+    request_timeout: float = REQUEST_TIMEOUT
+    keep_alive: float = KEEP_ALIVE
 
 
-class HttpError(Exception):
-    def __init__(self, status: HTTPStatus, reason: str, headers: dict | None = None):
-        super().__init__(reason)
-        self.status, self.reason, self.headers = status, reason, headers or {}
-
-
-def busy_error(what: str) -> HttpError:
-    return HttpError(
-        HTTPStatus.SERVICE_UNAVAILABLE, f"busy: {what}; try again in a second", {"Retry-After": str(RETRY_AFTER)}
-    )
+def busy_error(what: str) -> HTTPException:
+    return HTTPException(503, f"busy: {what}; try again in a second", {"Retry-After": str(RETRY_AFTER)})
 
 
 # ---------------------------------------------------------------------- answers
@@ -184,15 +181,8 @@ def error_body(status: int, reason: str) -> bytes:
     return json.dumps({"error": reason, "status": int(status)}, ensure_ascii=False).encode("utf-8")
 
 
-def busy_response() -> bytes:
-    """The whole 503 answer the selector thread sends when the work queue is full."""
-    body = error_body(503, "busy: too many requests at once; try again in a second")
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\nCache-Control: no-store\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+def error_response(status: int, reason: str, headers: dict | None = None) -> Response:
+    return Response(error_body(status, reason), status, {**ANSWER_HEADERS, **(headers or {})}, JSON_TYPE)
 
 
 def picture_bytes(body: bytes, content_type: str) -> bytes:
@@ -205,15 +195,15 @@ def picture_bytes(body: bytes, content_type: str) -> bytes:
         if not isinstance(text, str):
             raise TypeError("'image' is not a string")
     except RecursionError:
-        raise HttpError(HTTPStatus.BAD_REQUEST, 'expected JSON {"image": "<base64 PNG>"} (nested too deeply)') from None
+        raise HTTPException(400, 'expected JSON {"image": "<base64 PNG>"} (nested too deeply)') from None
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise HttpError(HTTPStatus.BAD_REQUEST, f'expected JSON {{"image": "<base64 PNG>"}} ({err})') from err
+        raise HTTPException(400, f'expected JSON {{"image": "<base64 PNG>"}} ({err})') from err
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"'image' is not valid base64 ({err})") from err
+        raise HTTPException(400, f"'image' is not valid base64 ({err})") from err
 
 
 # ---------------------------------------------------------------------- who may ask
@@ -256,460 +246,240 @@ class Hosts:
         return scheme.lower() == "http" and self.allows_host(rest)
 
 
-# ---------------------------------------------------------------------- one request
-class TimedStream(io.RawIOBase):
-    """A connection's reads and writes: each waits at most ``idle`` seconds, and the reads end by
-    ``deadline`` (``time.monotonic()``: the whole request must have arrived by then); past either
-    they raise :class:`TimeoutError`. An answer is a few writes, each bounded by ``idle``."""
+class Guard:
+    """ASGI middleware: every request is HTTP/1.x with at most :data:`MAX_HEADERS` headers and
+    names this server in ``Host`` (and ``Origin``, if any), or is refused before the routes."""
 
-    def __init__(self, sock: socket.socket, idle: float, deadline: float):
-        super().__init__()
-        self.sock, self.idle, self.deadline = sock, idle, deadline
+    def __init__(self, app, hosts: Hosts):
+        self.app, self.hosts = app, hosts
 
-    def readable(self) -> bool:
-        return True
+    async def __call__(self, scope, receive, send):
+        refusal = self.refusal(scope)
+        await (self.app if refusal is None else error_response(*refusal))(scope, receive, send)
 
-    def writable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the request took too long")
-        self.sock.settimeout(min(self.idle, left))
-        return self.sock.recv_into(buf)
-
-    def write(self, data) -> int:
-        self.sock.settimeout(self.idle)
-        self.sock.sendall(data)  # the timeout bounds the whole call
-        return len(data)
+    def refusal(self, scope) -> tuple[int, str] | None:
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host"), headers.get("origin")
+        if scope["http_version"] not in ("1.0", "1.1"):
+            return 400, f"HTTP/{scope['http_version']} is not supported: use HTTP/1.1"
+        if len(scope["headers"]) > MAX_HEADERS:
+            return 431, f"more than {MAX_HEADERS} headers"
+        if host is not None and not self.hosts.allows_host(host):
+            return 421, f"this server does not answer for the host {host!r}"
+        if origin is not None and not self.hosts.allows_origin(origin):
+            return 403, f"requests from {origin!r} are refused: use the page itself"
+        return None
 
 
-class Handler(BaseHTTPRequestHandler):
-    """One request per connection (every answer closes it), JSON errors, no tracebacks."""
+class ReadFirst:
+    """ASGI middleware: an answer waits until the request's body is all read (when it declares
+    at most :data:`DRAIN_LIMIT` bytes; its deadline bounds the wait), so that a client still
+    sending a refused upload reads the answer, not a reset."""
 
-    server_version = "maist"
-    protocol_version = "HTTP/1.1"
-    timeout = IDLE_TIMEOUT  # seconds one read or write may wait
-    request_deadline = REQUEST_DEADLINE  # seconds to receive the whole request
-    predictor: Predictor  # set on the subclass made by make_server
-    quiet = False
-    server: PageServer
+    def __init__(self, app):
+        self.app = app
 
-    # ------------------------------------------------------------------ plumbing
-    def setup(self):
-        self.connection = self.request
-        stream = TimedStream(self.connection, self.timeout, time.monotonic() + self.request_deadline)
-        self.rfile = io.BufferedReader(stream)
-        self.wfile = stream
-        self.answered = False
+    async def __call__(self, scope, receive, send):
+        unread = int(Headers(scope=scope).get("content-length") or 0)
 
-    def handle(self):
-        self.close_connection = True
-        self.handle_one_request()
+        async def tracked_receive():
+            nonlocal unread
+            message = await receive()
+            unread = unread - len(message.get("body", b"")) if message.get("more_body") else 0
+            return message
 
-    def log_message(self, fmt, *args):
-        if not self.quiet:
-            sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
+        async def send_once_read(message):
+            while message["type"] == "http.response.start" and 0 < unread <= DRAIN_LIMIT:
+                await tracked_receive()
+            await send(message)
 
-    def _send(self, status: HTTPStatus, body: bytes, ctype: str, headers: dict | None = None) -> None:
-        self.answered = True
-        if self.request_version == "HTTP/0.9":  # http.server's guess for a malformed request line
-            self.request_version = "HTTP/1.0"  # answer with a status line and headers all the same
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Connection", "close")
-        self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        await self.app(scope, tracked_receive, send_once_read)
 
-    def _json(self, status: HTTPStatus, doc: dict) -> None:
-        self._send(status, json.dumps(doc, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
 
-    def _error(self, err: HttpError) -> None:
-        """Answer ``err`` unless an answer has begun; a client that is gone is let go quietly."""
-        if self.answered:
-            return
-        try:
-            self._send(err.status, error_body(err.status, err.reason), "application/json; charset=utf-8", err.headers)
-        except OSError:
-            pass
+# ---------------------------------------------------------------------- the app
+class Page:
+    """The page's endpoints for one predictor (see the module docstring), as a Starlette app."""
 
-    def send_error(self, code, message=None, explain=None):
-        """http.server's own refusals (malformed request line or headers, unknown method, HTTP/2)
-        as JSON 4xx."""
-        status = HTTPStatus(
-            {
-                HTTPStatus.NOT_IMPLEMENTED: HTTPStatus.METHOD_NOT_ALLOWED,
-                HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST,
-            }.get(code, code)
+    def __init__(self, predictor: Predictor, limits: Limits):
+        self.predictor, self.limits = predictor, limits
+        self.slots = anyio.CapacityLimiter(limits.predict_slots)
+
+    def app(self, hosts: Hosts) -> Starlette:
+        routes = [Route(path, self.static_file) for path in STATIC_FILES]
+        routes += [Route("/health", self.health)]
+        routes += [Route(path, self.predict, methods=["POST"]) for path in ("/predict", "/features")]
+        return Starlette(
+            routes=routes,
+            middleware=[Middleware(ReadFirst), Middleware(Guard, hosts=hosts)],
+            exception_handlers={404: no_such_page, HTTPException: refuse, Exception: internal_error},
         )
-        self._error(HttpError(status, message or status.phrase))
 
-    def _guard(self, fn) -> None:
+    async def static_file(self, request: Request) -> Response:
+        name, ctype = STATIC_FILES[request.url.path]
         try:
-            self._check_host_and_origin()
-            fn()
-        except HttpError as err:
-            self._error(err)
-        except TimeoutError:
-            self.log_message("request timed out")
-            self._error(HttpError(HTTPStatus.REQUEST_TIMEOUT, "the request did not arrive in time"))
-        except OSError as err:  # the client went away (reset, broken pipe)
-            self.log_message("connection lost: %s", err.strerror or type(err).__name__)
-        except Exception:  # never a traceback to the client, never a dead server
-            log.exception("error handling %s %s", self.command, self.path)
-            self._error(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the server's log)"))
+            body = (STATIC / name).read_bytes()
+        except OSError:
+            return error_response(404, f"{request.url.path}: not installed with this copy of maist")
+        return Response(body, headers=ANSWER_HEADERS, media_type=ctype)
 
-    def _check_host_and_origin(self) -> None:
-        hosts = self.server.hosts
-        host, origin = self.headers.get("Host"), self.headers.get("Origin")
-        if host is not None and not hosts.allows_host(host):
-            raise HttpError(HTTPStatus.MISDIRECTED_REQUEST, f"this server does not answer for the host {host!r}")
-        if origin is not None and not hosts.allows_origin(origin):
-            raise HttpError(HTTPStatus.FORBIDDEN, f"requests from {origin!r} are refused: use the page itself")
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(health_payload(self.predictor), headers=ANSWER_HEADERS)
 
-    # ------------------------------------------------------------------ methods
-    def do_GET(self):
-        self._guard(self._get)
-
-    def do_HEAD(self):
-        self._guard(self._get)
-
-    def do_POST(self):
-        self._guard(self._post)
-
-    def do_PUT(self):
-        self._guard(self._other)
-
-    do_DELETE = do_PATCH = do_OPTIONS = do_PUT
-
-    def _other(self):
-        raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported here")
-
-    def _get(self):
-        path = urlsplit(self.path).path
-        if path in STATIC_FILES:
-            name, ctype = STATIC_FILES[path]
-            try:
-                body = (STATIC / name).read_bytes()
-            except OSError:
-                raise HttpError(HTTPStatus.NOT_FOUND, f"{path}: not installed with this copy of maist") from None
-            self._send(HTTPStatus.OK, body, ctype)
-        elif path == "/health":
-            self._json(HTTPStatus.OK, health_payload(self.predictor))
-        elif path in ("/predict", "/features"):
-            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path}: POST a picture")
-        else:
-            raise HttpError(HTTPStatus.NOT_FOUND, f"{path}: no such page")
-
-    def _content_type(self) -> str:
-        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    async def predict(self, request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != JSON_TYPE and ctype not in IMAGE_TYPES:
-            raise HttpError(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            raise HTTPException(
+                415,
                 f"Content-Type {ctype or '(none)'} is not accepted: "
                 f"send the picture as image/png, image/jpeg (or another image type) or {JSON_TYPE}",
             )
-        return ctype
-
-    def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or length is None:
-            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the picture with a Content-Length")
+        length = request.headers.get("content-length")  # h11 has checked that it is a number
+        if length is None:
+            raise HTTPException(411, "send the picture with a Content-Length")
+        if int(length) > MAX_UPLOAD:
+            raise HTTPException(413, f"the upload is {int(length) / 1e6:.1f} MB; at most {MAX_UPLOAD / 1e6:.0f} MB")
+        if int(length) == 0:
+            raise HTTPException(400, "empty request: POST a picture (PNG or JPEG)")
         try:
-            n = int(length)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}") from None
-        if n > MAX_UPLOAD:
-            raise HttpError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"the upload is {n / 1e6:.1f} MB; at most {MAX_UPLOAD / 1e6:.0f} MB",
-            )
-        if n == 0:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "empty request: POST a picture (PNG or JPEG)")
-        body = self.rfile.read(n)
-        if len(body) < n:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "the upload was cut short")
-        return body
-
-    def _post(self):
-        url = urlsplit(self.path)
-        if url.path not in ("/predict", "/features"):
-            raise HttpError(HTTPStatus.NOT_FOUND, f"{url.path}: no such endpoint (POST /predict)")
-        ctype = self._content_type()
-        data = picture_bytes(self._read_body(), ctype)
+            data = picture_bytes(await request.body(), ctype)
+        except ClientDisconnect:  # gone, or cut by its deadline (PageProtocol answered 408)
+            return error_response(400, "the upload was cut short")
         if len(data) > MAX_UPLOAD:
-            raise HttpError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"the picture is {len(data) / 1e6:.1f} MB; at most {MAX_UPLOAD / 1e6:.0f} MB",
-            )
-        query = parse_qs(url.query)
-        layers = url.path == "/features" or query.get("layers", ["1"])[0] not in ("0", "false", "no")
-        with self.server.prediction_slot():
-            try:
-                doc = predict_payload(self.predictor, data, layers=layers)
-            except NoInkError:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "nothing drawn: no ink found in the picture") from None
-            except ImageTooLargeError as err:
-                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err)) from None
-            except ImageError as err:
-                raise HttpError(HTTPStatus.BAD_REQUEST, str(err)) from None
-        self._json(HTTPStatus.OK, doc)
+            raise HTTPException(413, f"the picture is {len(data) / 1e6:.1f} MB; at most {MAX_UPLOAD / 1e6:.0f} MB")
+        layers = request.url.path == "/features" or request.query_params.get("layers", "1") not in ("0", "false", "no")
+        return JSONResponse(await self.predicted(data, layers), headers=ANSWER_HEADERS)
 
-
-# ---------------------------------------------------------------------- connections
-WAITING, CLOSING = "waiting", "closing"
-
-
-class ConnectionLot:
-    """Every open connection that no worker holds, in one selector on one thread: those waiting
-    for their client's first bytes (then handed to a worker, or answered 503 when the work queue
-    is full) and those answered, drained until the client closes (so it reads the answer, not a
-    reset). Other threads hand it connections with :meth:`put`."""
-
-    def __init__(self, server: PageServer):
-        self.server, self.limits = server, server.limits
-        self.max_connections = min(self.limits.max_connections, _file_budget())
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.wake_r, self.wake_w = socket.socketpair()
-        for s in (self.wake_r, self.wake_w):
-            s.setblocking(False)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.wake_r, selectors.EVENT_READ)
-        self.waiting: OrderedDict = OrderedDict()  # socket -> (deadline, address), oldest first
-        self.closing: OrderedDict = OrderedDict()  # socket -> [deadline, bytes drained]
-        self.busy = 0  # connections queued for or held by a worker
-        self.stopped = False
-        self.thread = threading.Thread(target=self.run, name="maist-connections", daemon=True)
-        self.busy_answer = busy_response()
-
-    def put(self, kind: str, sock: socket.socket, address=None) -> None:
-        """From any thread: ``"new"`` (just accepted) or ``"done"`` (a worker answered it)."""
-        if self.stopped:
-            _close(sock)
-            return
-        self.inbox.put((kind, sock, address))
+    async def predicted(self, data: bytes, layers: bool) -> dict:
+        """:func:`predict_payload` in a worker thread, holding one of ``predict_slots`` (503 if
+        none frees up within ``queue_wait`` seconds)."""
         try:
-            self.wake_w.send(b"\0")
-        except OSError:  # the wake-up pipe is full: the loop is awake anyway
-            pass
-
-    def run(self) -> None:
+            with anyio.fail_after(self.limits.queue_wait):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise busy_error("too many pictures at once") from None
         try:
-            while not self.stopped:
-                for key, _ in self.selector.select(self._next_timeout()):
-                    if key.fileobj is self.wake_r:
-                        self._read_wakeups()
-                    elif key.data == WAITING:
-                        self._dispatch(key.fileobj)
-                    else:
-                        self._drain(key.fileobj)
-                self._take_inbox()
-                self._expire()
-        finally:
-            self._close_everything()
-
-    def stop(self) -> None:
-        self.stopped = True
-        try:
-            self.wake_w.send(b"\0")
-        except OSError:
-            pass
-        self.thread.join(timeout=5)
-
-    # ------------------------------------------------------------------ steps
-    def _next_timeout(self) -> float:
-        """Until the oldest waiting or closing connection expires (at most 0.5 s)."""
-        firsts = [next(iter(table.values()))[0] for table in (self.waiting, self.closing) if table]
-        return max(0.0, min([0.5] + [d - time.monotonic() for d in firsts]))
-
-    def _read_wakeups(self) -> None:
-        try:
-            while self.wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
-
-    def _take_inbox(self) -> None:
-        while True:
-            try:
-                kind, sock, address = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "done":
-                self.busy -= 1
-                self._start_closing(sock)
-            elif len(self.waiting) + len(self.closing) + self.busy < self.max_connections:
-                self._park(sock, address)
-            elif self.waiting:  # full: the longest silent connection makes room
-                self._forget(next(iter(self.waiting)))
-                self._park(sock, address)
-            else:
-                self._refuse(sock)
-
-    def _park(self, sock: socket.socket, address) -> None:
-        sock.setblocking(False)
-        self.waiting[sock] = (time.monotonic() + self.limits.idle_timeout, address)
-        self.selector.register(sock, selectors.EVENT_READ, WAITING)
-
-    def _dispatch(self, sock: socket.socket) -> None:
-        """The client has spoken: a worker's turn, or 503 when the work queue is full."""
-        _, address = self.waiting.pop(sock)
-        self.selector.unregister(sock)
-        try:
-            self.server.work.put_nowait((sock, address))
-            self.busy += 1
-        except queue.Full:
-            self._refuse(sock)
-
-    def _refuse(self, sock: socket.socket) -> None:
-        try:
-            sock.setblocking(False)
-            sock.send(self.busy_answer)  # a fresh connection's send buffer takes it whole
-        except OSError:
-            pass
-        self._start_closing(sock)
-
-    def _start_closing(self, sock: socket.socket) -> None:
-        try:
-            sock.setblocking(False)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            _close(sock)
-            return
-        self.closing[sock] = [time.monotonic() + self.limits.linger, 0]
-        self.selector.register(sock, selectors.EVENT_READ, CLOSING)
-
-    def _drain(self, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        entry = self.closing[sock]
-        entry[1] += len(data)
-        if not data or entry[1] > DRAIN_LIMIT:
-            self._forget(sock)
-
-    def _forget(self, sock: socket.socket) -> None:
-        self.waiting.pop(sock, None)
-        self.closing.pop(sock, None)
-        try:
-            self.selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-        _close(sock)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for table in (self.waiting, self.closing):
-            while table and next(iter(table.values()))[0] <= now:
-                self._forget(next(iter(table)))
-
-    def _close_everything(self) -> None:
-        for sock in list(self.waiting) + list(self.closing):
-            self._forget(sock)
-        while True:
-            try:
-                _close(self.inbox.get_nowait()[1])
-            except queue.Empty:
-                break
-        self.selector.close()
-        for s in (self.wake_r, self.wake_w):
-            s.close()
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass
-
-
-def _file_budget() -> int:
-    """Connections that fit under the process's open-file limit, with room for everything else."""
-    try:
-        import resource
-    except ImportError:  # not on Unix
-        return MAX_CONNECTIONS
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(16, soft // 2 - 64)
-
-
-class PageServer(HTTPServer):
-    """The page's HTTP server: the accept loop (``serve_forever``) hands connections to a
-    :class:`ConnectionLot`; ``limits.workers`` threads answer them; ``prediction_slot`` bounds
-    the pictures decoded at once. ``shutdown()`` stops ``serve_forever``; ``server_close()``
-    stops the rest."""
-
-    def __init__(self, address: tuple[str, int], handler, limits: Limits | None = None):
-        self.limits = limits or Limits()
-        self.request_queue_size = self.limits.backlog
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-        self.hosts = Hosts(address[0], self.server_address[1])
-        self.work: queue.Queue = queue.Queue(self.limits.max_queued)
-        self.slots = threading.BoundedSemaphore(self.limits.predict_slots)
-        self.closed = threading.Event()
-        self.lot = ConnectionLot(self)
-        self.lot.thread.start()
-        self.workers = [
-            threading.Thread(target=self._work, name=f"maist-worker-{i}", daemon=True)
-            for i in range(self.limits.workers)
-        ]
-        for t in self.workers:
-            t.start()
-
-    def process_request(self, request, client_address):
-        self.lot.put("new", request, client_address)
-
-    def _work(self) -> None:
-        while not self.closed.is_set():
-            try:
-                sock, address = self.work.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            try:
-                self.finish_request(sock, address)
-            except Exception:
-                self.handle_error(sock, address)
-            finally:
-                self.lot.put("done", sock)
-
-    @contextmanager
-    def prediction_slot(self):
-        """Hold one of ``limits.predict_slots`` while decoding and predicting (503 if none frees
-        up within ``limits.queue_wait`` seconds)."""
-        if not self.slots.acquire(timeout=self.limits.queue_wait):
-            raise busy_error("too many pictures at once")
-        try:
-            yield
+            return await anyio.to_thread.run_sync(predict_payload, self.predictor, data, layers)
+        except NoInkError:
+            raise HTTPException(400, "nothing drawn: no ink found in the picture") from None
+        except ImageTooLargeError as err:
+            raise HTTPException(413, str(err)) from None
+        except ImageError as err:
+            raise HTTPException(400, str(err)) from None
         finally:
             self.slots.release()
 
-    def handle_error(self, request, client_address):
-        """One log line, never a traceback: a client that went away is no error of ours."""
-        err = sys.exc_info()[1]
-        level = logging.INFO if isinstance(err, OSError) else logging.ERROR
-        log.log(level, "%s: connection ended: %s: %s", client_address, type(err).__name__, err)
 
-    def server_close(self):
-        super().server_close()
-        if not hasattr(self, "lot"):  # the bind failed: nothing else was started
+async def refuse(request: Request, exc: HTTPException) -> Response:
+    return error_response(exc.status_code, exc.detail, exc.headers)
+
+
+async def no_such_page(request: Request, exc: HTTPException) -> Response:
+    return error_response(404, f"{request.url.path}: no such page")
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug of ours: a JSON 500 for the client (uvicorn logs the traceback on the server)."""
+    return error_response(500, "internal error (see the server's log)")
+
+
+async def too_many_connections(scope, receive, send) -> None:
+    """The answer on a connection past ``max_connections``, once its request is read."""
+    while (await receive()).get("more_body"):
+        pass
+    busy = busy_error("too many requests at once")
+    await error_response(503, busy.detail, {**busy.headers, "Connection": "close"})(scope, receive, send)
+
+
+# ---------------------------------------------------------------------- the server
+class PageProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with what it lacks: each request must arrive (head and body)
+    within ``limits.request_timeout`` seconds of its connection's start or previous answer, or is
+    answered 408 (a silent connection is just closed); h11's refusals are JSON; a request
+    arriving while more than ``limits.max_connections`` connections are open is answered 503."""
+
+    def __init__(self, *args, limits: Limits, **kwargs):
+        self.limits, self.deadline = limits, None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def app(self):
+        """What uvicorn runs for the request just arrived: the page, or a 503 past the limit."""
+        return too_many_connections if len(self.connections) > self.limits.max_connections else self.page
+
+    @app.setter
+    def app(self, page) -> None:
+        self.page = page
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.start_deadline()
+
+    def on_response_complete(self) -> None:
+        self.start_deadline()
+        super().on_response_complete()
+
+    def connection_lost(self, exc) -> None:
+        self.deadline.cancel()
+        super().connection_lost(exc)
+
+    def start_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = self.loop.call_later(self.limits.request_timeout, self.expire)
+
+    def expire(self) -> None:
+        """The deadline: 408 to a request still arriving; nothing to one that has arrived."""
+        state = self.conn.their_state
+        if self.transport.is_closing() or state not in (h11.IDLE, h11.SEND_BODY):
             return
-        self.closed.set()  # the workers finish what they hold and stop within 0.5 s
-        self.lot.stop()
+        if state is h11.IDLE and not self.conn.trailing_data[0]:  # not a byte of a request yet
+            self.transport.close()
+        else:
+            self.answer_and_close(408, "the request did not arrive in time")
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 refused the request (uvicorn logs ``msg``)."""
+        if len(self.conn.trailing_data[0]) > MAX_HEADER_BYTES:
+            self.answer_and_close(431, f"the request's head is over {MAX_HEADER_BYTES} bytes")
+        else:
+            self.answer_and_close(400, "malformed request")
+
+    def answer_and_close(self, status: int, reason: str) -> None:
+        """A JSON answer, unless one has begun, then close."""
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = error_body(status, reason)
+            headers = [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))), ("Connection", "close")]
+            for event in (
+                h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+class PageServer:
+    """A uvicorn server on a socket bound when it is made (so ``server_address`` holds the port,
+    and a port in use fails at once), run and stopped as an ``http.server`` one."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket):
+        self.uvicorn, self.socket, self.server_address = uvicorn.Server(config), sock, sock.getsockname()
+        self.stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        try:
+            self.uvicorn.run(sockets=[self.socket])
+        finally:
+            self.stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` (from another thread) and wait until it has: requests under way
+        are answered first (each bounded by its deadline, ``queue_wait`` and its prediction)."""
+        self.uvicorn.should_exit = True
+        self.stopped.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
 def make_server(
@@ -718,17 +488,22 @@ def make_server(
     """A server for ``predictor`` (port 0: any free port; see ``server.server_address``).
     Call ``serve_forever()`` on it (``shutdown()`` from another thread stops it)."""
     limits = limits or Limits()
-    handler = type(
-        "MaistHandler",
-        (Handler,),
-        {
-            "predictor": predictor,
-            "quiet": quiet,
-            "timeout": limits.idle_timeout,
-            "request_deadline": limits.request_deadline,
-        },
+    sock = socket.create_server(
+        (host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=limits.backlog
     )
-    return PageServer((host, int(port)), handler, limits)
+    config = uvicorn.Config(
+        Page(predictor, limits).app(Hosts(host, sock.getsockname()[1])),
+        http=functools.partial(PageProtocol, limits=limits),
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        access_log=not quiet,
+        proxy_headers=False,
+        backlog=limits.backlog,
+        timeout_keep_alive=limits.keep_alive,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
+    return PageServer(config, sock)
 
 
 @cli

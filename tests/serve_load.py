@@ -75,6 +75,17 @@ def open_idle(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
+def dribble(socks: list[socket.socket], data: bytes, every: float = 0.1) -> None:
+    """Send ``data`` a byte at a time on every socket, one byte each ``every`` seconds, while they last."""
+    for i in range(len(data)):
+        for s in socks:
+            try:
+                s.send(data[i : i + 1])
+            except OSError:
+                return
+        time.sleep(every)
+
+
 def closed_by_server(sock: socket.socket, within: float) -> tuple[bool, bytes]:
     """Whether the server closes ``sock`` within ``within`` seconds, and what it sent first."""
     sock.settimeout(within)

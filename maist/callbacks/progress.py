@@ -20,9 +20,12 @@ class StepProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 10, **kwargs):
         super().__init__(refresh_rate=refresh_rate, **kwargs)
 
+    @property
+    def train_description(self) -> str:
+        return "train"
+
     def on_train_start(self, trainer, pl_module) -> None:
         self.train_progress_bar = self.init_train_tqdm()
-        self.train_progress_bar.set_description("train")
         self.train_progress_bar.total = convert_inf(trainer.max_steps if trainer.max_steps > 0 else None)
         self.train_progress_bar.initial = self.train_progress_bar.n = trainer.global_step
         self.train_progress_bar.unit = "step"

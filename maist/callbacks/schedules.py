@@ -95,6 +95,19 @@ class StepSchedule(L.Callback):
                 "(use model=cnn, or a schedule of the rate only: schedule=stepped)"
             )
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        changes = [step for step in self.table.steps if step > 0]
+        if changes and trainer.max_steps > 0 and changes[0] >= trainer.max_steps:
+            log.warning(
+                "schedule %s: its first change is at step %d, and this run ends at step %d: %s stays %g, the same "
+                "as schedule=constant (in a sweep, these runs cannot differ)",
+                self.param,
+                changes[0],
+                trainer.max_steps,
+                self.param,
+                self.table(0),
+            )
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
         value = self.apply(trainer, pl_module, step)

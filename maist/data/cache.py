@@ -44,10 +44,11 @@ from maist.data.etl import list_sources
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 4  # bump when the preprocessing code changes what it computes
+CACHE_VERSION = 5  # bump when the preprocessing code changes what it computes
 # 2: duplicate records are dropped when decoding, and their count is stored
 # 3: an entry is a folder: images as uint8 round(255 x) in a memory-mapped .npy, the rest in an npz
 # 4: each record's identity and pixel digests are stored (copies across roots), and same_pixels
+# 5: preprocessed in blocks (Preprocess.stored): a stored pixel may differ by 1 from version 4's
 
 SMALL_FILE = "arrays.npz"  # the small arrays of an entry
 NPY_HEADER_BYTES = 128  # the .npy header RowWriter writes (version 1.0, padded: room for any shape)

@@ -73,6 +73,8 @@ class MaistDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (0: batches are indexed in this process).
         cache_dir: where the preprocessed images are cached (``None``: the default, ``False``: off).
         seed: the run's seed, which orders the batches.
+        train_subset: train on the first this many images of the training part only (``None``: all),
+            e.g. to learn a few batches by heart (``debug=overfit``).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class MaistDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | bool | None = None,
         seed: int = 0,
+        train_subset: int | None = None,
     ):
         super().__init__()
         checks.choice("data.sampler", sampler, SAMPLERS)
@@ -103,6 +106,7 @@ class MaistDataModule(L.LightningDataModule):
         checks.whole("data.num_workers", num_workers, 0)
         checks.whole("data.split_seed", split_seed, 0)
         checks.whole("seed", seed, 0)
+        checks.optional_whole("data.train_subset", train_subset, 1)
         if (
             checks.fraction("data.val_fraction", val_fraction) + checks.fraction("data.test_fraction", test_fraction)
             >= 1
@@ -132,7 +136,8 @@ class MaistDataModule(L.LightningDataModule):
         full = self._load(h.root)
         fractions = (h.val_fraction,) if h.test_root else (h.val_fraction, h.test_fraction)
         parts = make_split(h.split_by, full.targets.numpy(), full.writers.numpy(), fractions, h.split_seed)
-        self.train_set, self.val_set = (Part.of(full, p) for p in parts[:2])
+        train_rows = parts[0] if h.train_subset is None else parts[0][: h.train_subset]
+        self.train_set, self.val_set = Part.of(full, train_rows), Part.of(full, parts[1])
         self.test_set = self._test_root_part(full) if h.test_root else Part.of(full, parts[2])
         for name in ("train", "val", "test"):
             log.info("%s: %s", name, getattr(self, f"{name}_set").describe())

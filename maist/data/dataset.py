@@ -31,12 +31,11 @@ from maist import checks
 from maist.data.cache import RowWriter, cached_arrays, check_arrays, save_small
 from maist.data.etl import Duplicates, EtlFormatError, Source, check_size, iter_chunks, list_sources
 from maist.data.kana import class_set as get_class_set
-from maist.data.preprocess import Preprocess, etl_levels_to_float
+from maist.data.preprocess import Preprocess, to_float, to_uint8  # noqa: F401 (the stored format, here too)
 from maist.data.split import SPLIT_BY, SPLIT_SEED, SPLITS, TEST_FRACTION, VAL_FRACTION, make_split
 
 log = logging.getLogger(__name__)
 
-PIXEL_MAX = 255  # stored pixel = round(PIXEL_MAX × preprocessed value in [0, 1])
 CHUNK = 256  # records preprocessed at a time (their float copies: 17 MB at 127 × 128)
 
 
@@ -45,16 +44,6 @@ def sample_root() -> Path:
     from maist.data.sample import SAMPLE_ZIP
 
     return SAMPLE_ZIP
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Preprocessed floats in [0, 1] → the stored uint8 ``round(255 x)``."""
-    return x.mul(PIXEL_MAX).round_().clamp_(0, PIXEL_MAX).to(torch.uint8).numpy()
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """Stored uint8 images → float32 in [0, 1] (on ``x``'s device): what the networks take."""
-    return x.to(torch.float32).div_(PIXEL_MAX)
 
 
 # What load_arrays returns (and caches): one entry per record, with its dimensions ...
@@ -120,8 +109,7 @@ def _preprocess_file(src: Source, codes: np.ndarray, preprocess: Preprocess, bar
     images, jis, sheet, keys, pixels, skipped = [], [], [], [], [], 0
     for chunk in iter_chunks(src, codes):
         for i in range(0, len(chunk.images), CHUNK):
-            block = etl_levels_to_float(chunk.images[i : i + CHUNK], src.layout.max_level)
-            images.append(to_uint8(preprocess(block)))
+            images.append(preprocess.stored(chunk.images[i : i + CHUNK], src.layout.max_level))
         jis.append(chunk.jis)
         sheet.append(chunk.sheet)
         keys.append(chunk.keys)

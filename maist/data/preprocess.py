@@ -22,10 +22,22 @@ Steps, each a config value (``data.preprocess``):
   outer part of a dakuten or handakuten, usually its rightmost and topmost ink) come back,
   while specks and frame pieces apart from the character stay out.
 - the square is resized with antialiasing to ``image_size``.
+
+Every step runs on a block of images at once (:data:`BLOCK` of them, so memory stays bounded):
+the ink masks are bit-packed, eight images a byte, for despeckle and the crop's growth
+(:mod:`maist.morphology`), and each image's crop, pad and resize are two small matrix products, the
+antialiased resize's own weights cut to its box (:func:`frame_weights`). :meth:`Preprocess.stored`
+takes the cache build's decoded ETL levels straight to the stored uint8 images, each image's median
+and ink percentile read off its level histogram (:func:`level_contrast`). Against the per-image
+computation this replaced (one ``F.interpolate`` per image; ``benchmarks/bench_preprocess.py``
+keeps it for comparison) the crop boxes are the same and the values are the same sums taken in
+another order: they differ by a few 1e-7 at most, so a stored pixel differs by at most 1, on about
+1e-5 of the pixels of real records (``tests/test_preprocess.py`` holds both to this).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -33,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maist import checks
+from maist import checks, morphology
 from maist.data.etl import ETL8G
 
 CONTRAST_MODES = ("none", "stretch")
@@ -45,6 +57,22 @@ CONTRAST_MODES = ("none", "stretch")
 # (``crop_mass``, after ``threshold``).
 INK_LEVEL = 0.3
 INK_TRIM = 0.003
+
+
+MIN_INK_RANGE = 1e-3  # stretching: the ink level counts as at least this far above the background
+BLOCK = 256  # images preprocessed at a time (their float copies: 17 MB at 127 × 128)
+FRAME_GROUP = 64  # images cropped and resized together (speed only: the result is the same)
+PIXEL_MAX = 255  # stored pixel = round(PIXEL_MAX × preprocessed value in [0, 1])
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Preprocessed floats in [0, 1] → the stored uint8 ``round(255 x)``."""
+    return x.mul(PIXEL_MAX).round_().clamp_(0, PIXEL_MAX).to(torch.uint8).numpy()
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Stored uint8 images → float32 in [0, 1] (on ``x``'s device): what the networks take."""
+    return x.to(torch.float32).div_(PIXEL_MAX)
 
 
 MAX_IMAGE_SIZE = 256  # ETL scans are 128 × 127 (or 64 × 63): a larger input only costs memory
@@ -97,102 +125,141 @@ class Preprocess:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def __call__(self, images: np.ndarray | torch.Tensor, batch: int = 2048) -> torch.Tensor:
-        """(N, H, W) ink-bright floats in [0, 1] → (N, S, S) float32 tensor."""
+    def __call__(self, images: np.ndarray | torch.Tensor, batch: int = BLOCK) -> torch.Tensor:
+        """(N, H, W) ink-bright floats in [0, 1] (on the CPU) → (N, S, S) float32 tensor, ``batch``
+        images at a time."""
         x = torch.as_tensor(images, dtype=torch.float32)
         if x.ndim == 2:
             x = x[None]
-        parts = [self._batch(x[i : i + batch]) for i in range(0, len(x), batch)]
-        if not parts:
-            return torch.empty(0, self.image_size, self.image_size)
-        return torch.cat(parts)
+        out = torch.empty(len(x), self.image_size, self.image_size)
+        for i in range(0, len(x), batch):
+            out[i : i + batch] = self._floats(x[i : i + batch])
+        return out
 
-    def _batch(self, x: torch.Tensor) -> torch.Tensor:
+    def stored(self, levels: np.ndarray, max_level: int) -> np.ndarray:
+        """Decoded ETL levels (N, H, W) uint8 (0 = paper … ``max_level`` = ink, as
+        :func:`etl_levels_to_float` takes them) → the stored images (N, S, S) uint8, i.e.
+        ``to_uint8(self(etl_levels_to_float(levels, max_level)))`` (within the module doc's
+        tolerance), computed on the levels :data:`BLOCK` images at a time (memory: a block's
+        float copy, 17 MB at 127 × 128, and its temporaries)."""
+
+        levels = np.asarray(levels)
+        if levels.size and levels.max() > max_level:
+            raise ValueError(f"levels up to {levels.max()} given with max_level={max_level}")
+        levels = torch.from_numpy(np.ascontiguousarray(levels, dtype=np.uint8))
+        if levels.ndim == 2:
+            levels = levels[None]
+        out = np.empty((len(levels), self.image_size, self.image_size), dtype=np.uint8)
+        floats = torch.empty(min(BLOCK, len(levels)), *levels.shape[1:])  # each block's images, reused
+        for i in range(0, len(levels), BLOCK):
+            block = levels[i : i + BLOCK]
+            out[i : i + BLOCK] = to_uint8(self._levels(block, max_level, floats[: len(block)]))
+        return out
+
+    def _floats(self, x: torch.Tensor) -> torch.Tensor:
         if self.contrast == "stretch":
             x = stretch_contrast(x, self.ink_percentile)
-        if self.threshold > 0:
-            x = torch.where(x < self.threshold, torch.zeros_like(x), x)
-        if self.despeckle:
-            x = despeckle(x, self.despeckle)
+        x = self._threshold(x)
+        keep, ink = self._despeckle(x > 0)
+        return self._frame(x * keep if self.despeckle else x, ink)
+
+    def _levels(self, levels: torch.Tensor, max_level: int, out: torch.Tensor) -> torch.Tensor:
+        """A block of levels → (N, S, S) floats, its images held in ``out`` (N, H, W) meanwhile.
+        Each image's levels get their values from a table: the contrast and threshold steps'
+        arithmetic on :func:`etl_levels_to_float`'s values; ink is every level above the last that
+        comes out 0 (values rise with the level)."""
+        values = torch.from_numpy(etl_levels_to_float(np.arange(max_level + 1), max_level))
+        table = values.expand(len(levels), -1)
+        if self.contrast == "stretch":
+            table = stretch(table, *level_contrast(levels, values, self.ink_percentile))
+        table = self._threshold(table).contiguous()
+        paper = ((table <= 0).sum(1) - 1).to(torch.uint8)
+        keep, ink = self._despeckle(levels.numpy() > paper.numpy()[:, None, None])
+        return self._frame(lookup(table, levels.numpy() * keep.numpy(), out), ink)
+
+    def _threshold(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x < self.threshold, torch.zeros_like(x), x) if self.threshold > 0 else x
+
+    def _despeckle(self, ink) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H, W) bool ink → the ink :func:`despeckle` keeps, as a mask and bit-packed
+        (:func:`maist.morphology.pack`, for the crop's growth)."""
+        packed = morphology.pack(ink)
+        if not self.despeckle:
+            return torch.as_tensor(ink), packed
+        packed &= morphology.crowded(packed, self.despeckle)
+        return morphology.unpack(packed, len(ink)), packed
+
+    def _frame(self, x: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
         if self.crop:
-            return self._crop_resize(x)
+            return self._crop_resize(x, self.crop_boxes(x, ink))
         return resize(pad_to_square(x), self.image_size)
 
-    def crop_boxes(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def crop_boxes(self, x: torch.Tensor, ink: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(N, H, W) images after threshold and despeckle → (top, bottom, left, right), inclusive,
-        of the crop (each (N,) long)."""
+        of the crop (each (N,) long). ``ink``: their ink bit-packed, if already at hand."""
         top, bottom, left, right = ink_box(x, self.crop_mass, level=0.0)
         if self.crop_connect > 0 and self.crop_mass > 0:
             steps = max(1, math.ceil(self.crop_connect * max(x.shape[-2:])))
             bridge = math.ceil(self.crop_bridge * max(x.shape[-2:]))
-            top, bottom, left, right = grow_box(x > 0, top, bottom, left, right, steps, bridge)
+            ink = morphology.pack(x > 0) if ink is None else ink
+            top, bottom, left, right = grow_box(ink, top, bottom, left, right, steps, bridge)
         return top, bottom, left, right
 
-    def _crop_resize(self, x: torch.Tensor, boxes=None) -> torch.Tensor:
-        """Crop each image to its box (``crop_boxes`` unless given), pad to a square with the
-        margin, resize: linear in ``x`` for given boxes."""
-        top, bottom, left, right = self.crop_boxes(x) if boxes is None else boxes
-        out = []
-        for img, t, b, l, r in zip(x, top.tolist(), bottom.tolist(), left.tolist(), right.tolist()):
-            if not (img > 0).any():  # nothing to crop to
-                out.append(resize(pad_to_square(img[None]), self.image_size)[0])
-                continue
-            img = img[t : b + 1, l : r + 1]
-            side = max(img.shape)
-            pad = round(side * self.margin)
-            out.append(resize(pad_to_square(img[None], side + 2 * pad, fill=0.0), self.image_size)[0])
-        return torch.stack(out)
+    def _crop_resize(self, x: torch.Tensor, boxes) -> torch.Tensor:
+        """Crop each image to its box, pad it to a square with the margin and resize it, as two
+        matrix products per image, ``rowsᵀ @ x @ cols``: the weights :func:`resize` gives the
+        padded square (:func:`resize_weights`), cut to the box (the padding adds nothing). Images
+        go :data:`FRAME_GROUP` at a time, sorted by frame size, each group cut to its largest box."""
+        n, h, w = x.shape
+        top, bottom, left, right = (v.numpy() for v in boxes)
+        heights, widths = bottom - top + 1, right - left + 1
+        sides = np.maximum(heights, widths)
+        sides += 2 * np.rint(sides * self.margin).astype(sides.dtype)
+        table, first = weight_table(sides, self.image_size)
+        out = torch.empty(n, self.image_size, self.image_size)
+        for group in np.array_split(np.argsort(sides, kind="stable"), max(1, -(-n // FRAME_GROUP))):
+            tall, wide = int(heights[group].max()), int(widths[group].max())
+            y0, x0 = np.minimum(top[group], h - tall), np.minimum(left[group], w - wide)  # the cut
+            cut = np.lib.stride_tricks.sliding_window_view(x.numpy(), (tall, wide), axis=(1, 2))[group, y0, x0]
+            rows = frame_weights(table, first[group], top[group] - y0, heights[group], sides[group], tall)
+            cols = frame_weights(table, first[group], left[group] - x0, widths[group], sides[group], wide)
+            out[torch.from_numpy(group)] = torch.bmm(rows.transpose(1, 2), torch.bmm(torch.from_numpy(cut), cols))
+        return out.clamp_(0.0, 1.0)
 
 
 def despeckle(x: torch.Tensor, min_neighbours: int) -> torch.Tensor:
     """(N, H, W): zero the ink pixels with fewer than ``min_neighbours`` ink pixels among
     their 8 neighbours."""
-    ink = (x > 0).to(x.dtype)[:, None]
-    around = F.avg_pool2d(ink, 3, stride=1, padding=1, count_include_pad=True)[:, 0] * 9 - ink[:, 0]
-    return torch.where(around >= min_neighbours - 0.5, x, torch.zeros_like(x))
-
-
-def _dilate3(m: torch.Tensor) -> torch.Tensor:
-    """3×3 binary dilation of (N, H, W) bool masks (two separable passes of shifted ORs)."""
-    h = m.clone()
-    h[:, :, 1:] |= m[:, :, :-1]
-    h[:, :, :-1] |= m[:, :, 1:]
-    v = h.clone()
-    v[:, 1:] |= h[:, :-1]
-    v[:, :-1] |= h[:, 1:]
-    return v
+    return torch.where(morphology.crowded(x > 0, min_neighbours), x, torch.zeros_like(x))
 
 
 def grow_box(ink: torch.Tensor, top, bottom, left, right, steps: int, bridge: int = 0) -> tuple[torch.Tensor, ...]:
-    """Grow each (N,) box (inclusive bounds) of the (N, H, W) bool ``ink`` to the bounding box
-    of the ink reachable from the ink inside it in at most ``steps`` 8-connected steps through
-    ink, or through gaps of up to ``2 · bridge`` pixels between inked pixels: the trimmed ends
-    of the strokes the box cuts come back, and the marks beside them; ink apart does not."""
-    n, h, w = ink.shape
-    path = ink
-    for _ in range(bridge):
-        path = _dilate3(path)
-    rows, cols = torch.arange(h), torch.arange(w)
-    inside = ((rows[None] >= top[:, None]) & (rows[None] <= bottom[:, None]))[:, :, None] & (
-        (cols[None] >= left[:, None]) & (cols[None] <= right[:, None])
-    )[:, None, :]
-    reached = path & inside
-    for _ in range(steps):
-        grown = _dilate3(reached) & path
-        if torch.equal(grown, reached):
-            break
-        reached = grown
-    reached &= ink
-    ys, xs = reached.any(2), reached.any(1)
+    """Grow each (N,) box (inclusive bounds) of the (N, H, W) ink, bit-packed
+    (:func:`maist.morphology.pack`), to the bounding box of the ink reachable from the ink inside
+    it in at most ``steps`` 8-connected steps through ink, or through gaps of up to ``2 · bridge``
+    pixels between inked pixels: the trimmed ends of the strokes the box cuts come back, and the
+    marks beside them; ink apart does not."""
+    n, (h, w) = len(top), ink.shape[-2:]
+    path = morphology.dilate(ink, morphology.square(bridge)) if bridge else ink
+    rows, cols = morphology.pack(_span(top, bottom, h)), morphology.pack(_span(left, right, w))
+    inside = path & rows[:, :, None] & cols[:, None, :]
+    reached = morphology.grow_within(inside, path, steps) & ink
+    ys, xs = (morphology.unpack(morphology.or_along(reached, dim), n) for dim in (2, 1))
     big = torch.iinfo(torch.long).max
-    first = lambda m, idx: torch.where(m, idx[None], big).amin(1)  # noqa: E731
-    last = lambda m, idx: torch.where(m, idx[None], -1).amax(1)  # noqa: E731
+    first = lambda m: torch.where(m, torch.arange(m.shape[1])[None], big).amin(1)  # noqa: E731
+    last = lambda m: torch.where(m, torch.arange(m.shape[1])[None], -1).amax(1)  # noqa: E731
     return (
-        torch.minimum(top, first(ys, rows)),
-        torch.maximum(bottom, last(ys, rows)),
-        torch.minimum(left, first(xs, cols)),
-        torch.maximum(right, last(xs, cols)),
+        torch.minimum(top, first(ys)),
+        torch.maximum(bottom, last(ys)),
+        torch.minimum(left, first(xs)),
+        torch.maximum(right, last(xs)),
     )
+
+
+def _span(start: torch.Tensor, end: torch.Tensor, length: int) -> torch.Tensor:
+    """(N,) inclusive bounds → (N, length) bool, set from start to end."""
+    idx = torch.arange(length)
+    return (idx[None] >= start[:, None]) & (idx[None] <= end[:, None])
 
 
 def ink_box(x: torch.Tensor, trim: float = INK_TRIM, level: float = INK_LEVEL) -> tuple[torch.Tensor, ...]:
@@ -235,11 +302,53 @@ def etl_levels_to_float(levels: np.ndarray, max_level: int = ETL8G.max_level) ->
 def stretch_contrast(x: torch.Tensor, ink_percentile: float = 99.0) -> torch.Tensor:
     """Per image: subtract the background (median), divide by the ink level, clip to [0, 1]."""
     flat = x.reshape(len(x), -1)
-    background = flat.median(dim=1).values
-    ink = torch.quantile(flat, ink_percentile / 100, dim=1)
-    scale = (ink - background).clamp_min(1e-3)
-    out = (x - background[:, None, None]) / scale[:, None, None]
+    return stretch(x, flat.median(dim=1).values, torch.quantile(flat, ink_percentile / 100, dim=1))
+
+
+def stretch(x: torch.Tensor, background: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
+    """(N, ...) values, each image's (N,) background and ink level → ``(x - background) /
+    (ink - background)`` clipped to [0, 1] (the ink at least ``MIN_INK_RANGE`` above the background)."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    scale = (ink - background).clamp_min(MIN_INK_RANGE)
+    out = (x - background.view(shape)) / scale.view(shape)
     return out.clamp_(0.0, 1.0)
+
+
+def level_contrast(levels: torch.Tensor, values: torch.Tensor, ink_percentile: float) -> tuple[torch.Tensor, ...]:
+    """(N, H, W) uint8 levels and each level's value → what :func:`stretch_contrast` takes of those
+    values: each image's background (median) and ink level (``ink_percentile``), read off its level
+    histogram at the ranks ``torch.median`` and ``torch.quantile`` take."""
+    at_or_below = level_counts(levels, len(values) - 1).cumsum(1)
+    pixels = levels[0].numel()
+
+    def ranked(rank):  # each image's value at that rank of its sorted pixels
+        return values[(at_or_below <= rank).sum(1)]
+
+    rank = float(np.float32(ink_percentile / 100)) * (pixels - 1)  # torch.quantile's: its float32 q, in double
+    weight = torch.tensor(rank - math.floor(rank), dtype=torch.float32)
+    return ranked((pixels - 1) // 2), ranked(math.floor(rank)).lerp(ranked(math.ceil(rank)), weight)
+
+
+def lookup(table: torch.Tensor, levels: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+    """(N, L) float32 table, (N, H, W) uint8 levels below L → ``table[n][levels[n]]`` in ``out``."""
+    rows, dst = table.numpy(), out.numpy()
+    for k in range(len(levels)):
+        np.take(rows[k], levels[k], out=dst[k], mode="wrap")  # the levels lie in the table: the quickest mode
+    return out
+
+
+def level_counts(levels: torch.Tensor, max_level: int) -> torch.Tensor:
+    """(N, H, W) uint8 levels (each ≤ ``max_level``) → (N, max_level + 1) long: each image's pixels
+    at each level. One ``bincount`` covers the images whose levels, moved to a range of bytes of
+    their own, fit in a byte."""
+    bins = max_level + 1
+    per = max(1, 256 // bins)
+    shift = (torch.arange(per) * bins).to(torch.uint8)[:, None, None]
+    parts = [
+        torch.bincount((part + shift[: len(part)]).flatten(), minlength=len(part) * bins).view(len(part), bins)
+        for part in levels.split(per)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, bins, dtype=torch.long)
 
 
 def pad_to_square(x: torch.Tensor, side: int | None = None, fill: float | None = None) -> torch.Tensor:
@@ -257,5 +366,37 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """(N, H, W) → (N, size, size), bilinear with antialiasing."""
     if x.shape[-2:] == (size, size):
         return x.clone()
-    out = F.interpolate(x[:, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out[:, 0].clamp_(0.0, 1.0)
+    return _antialiased(x[:, None], (size, size))[:, 0].clamp_(0.0, 1.0)
+
+
+@functools.cache
+def resize_weights(side: int, size: int) -> np.ndarray:
+    """(side, size) float32: how much of each of ``side`` pixels :func:`resize` puts in each of
+    ``size`` (its own weights, read off by resizing an identity; at equal sizes it copies)."""
+    if side == size:
+        return np.eye(size, dtype=np.float32)
+    return np.ascontiguousarray(_antialiased(torch.eye(side)[None, None], (size, side))[0, 0].numpy().T)
+
+
+def weight_table(sides: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The :func:`resize_weights` of every frame side among ``sides`` one after another, below a
+    zero row, and where each of ``sides`` starts in that table."""
+    kinds, kind = np.unique(sides, return_inverse=True)
+    table = np.concatenate([np.zeros((1, size), np.float32), *(resize_weights(int(s), size) for s in kinds)])
+    return table, 1 + np.concatenate([[0], np.cumsum(kinds)[:-1]])[kind]
+
+
+def frame_weights(
+    table: np.ndarray, first: np.ndarray, start: np.ndarray, length: np.ndarray, sides: np.ndarray, extent: int
+) -> torch.Tensor:
+    """Per image, the span of ``length`` pixels from ``start`` (of ``extent``) centred in a frame
+    of ``sides`` pixels, whose weights begin at row ``first`` of ``table`` (:func:`weight_table`):
+    (N, extent, size), each pixel's weights in the resized frame (0 outside the span)."""
+    pixel = np.arange(extent)[None]
+    in_frame = pixel - start[:, None] + ((sides - length) // 2)[:, None]
+    inside = (pixel >= start[:, None]) & (pixel < (start + length)[:, None])
+    return torch.from_numpy(table.take(np.where(inside, first[:, None] + in_frame, 0), axis=0))
+
+
+def _antialiased(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from maist import checks
-from maist.augment import affine_matrices, dilate, erode
+from maist.augment import affine_matrices
 from maist.errors import ConfigError
+from maist.morphology import dilate, erode
 
 VIEW_KEYS = ("rotate", "scale", "stroke")
 
