@@ -20,21 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import fresh_predictor
 from maist.predict import Predictor, UsageError, cli, parse_cli
 
 DEFAULTS = {"ckpt_path": None, "threads": 1, "batch": 256, "repeats": 200, "batch_repeats": 10}
 USAGE = "usage: python -m benchmarks.bench_export [ckpt_path=CKPT] [threads=1] [batch=256] [repeats=200]"
-
-
-def _fresh_predictor() -> Predictor:
-    from maist.data.kana import HIRAGANA71
-    from maist.data.preprocess import Preprocess
-    from maist.models import DeepMnistCNN
-
-    torch.manual_seed(0)
-    return Predictor(
-        DeepMnistCNN(num_classes=71), list(HIRAGANA71), Preprocess().as_dict(), source="fresh DeepMnistCNN"
-    )
 
 
 def _times(fn, repeats: int, warmup: int = 5) -> list[float]:
@@ -59,7 +49,7 @@ def main(argv: list[str]) -> int:
         raise UsageError("this benchmark needs onnx and onnxruntime: pip install onnx onnxruntime") from err
     threads = int(cfg["threads"])
     torch.set_num_threads(threads)
-    predictor = Predictor.from_checkpoint(cfg["ckpt_path"]) if cfg["ckpt_path"] else _fresh_predictor()
+    predictor = Predictor.from_checkpoint(cfg["ckpt_path"]) if cfg["ckpt_path"] else fresh_predictor()
     net = predictor.net.eval()
     s = predictor.image_size
     with tempfile.TemporaryDirectory() as tmp:

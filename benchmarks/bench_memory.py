@@ -34,7 +34,6 @@ import argparse
 import json
 import resource
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -43,47 +42,35 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, generate_folder, per_record_images
+
 FULL_FILES = 50
 WRITERS_PER_FILE = 4
-ETL9G_STRUCT = ">2H8sI4B4H2B34x8128s7x"  # AIST's unpack.py for ETL9G: the image is field 14
 MEMORY_TARGET = 3e9  # bytes: peak of the cold build, the whole set at 64×64
 WARM_TARGET = 1.0  # seconds: a warm load
 
 
 def generate(folder: Path, n_files: int, seed: int = 0) -> int:
     """Write ETL9G_01 … ETL9G_nn into ``folder``; return the number of records."""
-    from benchmarks.bench_decode import random_images
-    from maist.data.etl import ETL9G, pack_records
+    from maist.data.etl import ETL9G
     from maist.data.kana import class_set
 
-    folder.mkdir(parents=True, exist_ok=True)
-    codes = np.array(list(class_set("etl9g_all").jis_to_label), dtype=np.int64)
-    per_file = WRITERS_PER_FILE * len(codes)
-    jis = np.tile(codes, WRITERS_PER_FILE)
-    sheet = np.repeat(np.arange(1, WRITERS_PER_FILE + 1), len(codes))
-    base = pack_records(random_images(per_file, seed), jis, sheet, layout=ETL9G)  # one file's bytes
-    recs = np.frombuffer(bytearray(base), dtype=ETL9G.dtype)  # writable: only headers change
-    for k in range(n_files):
-        recs["sheet"] = sheet + k * WRITERS_PER_FILE
-        recs["serial"] = np.arange(k * per_file + 1, (k + 1) * per_file + 1)
-        with open(folder / f"ETL9G_{k + 1:02d}", "wb") as f:
-            f.write(recs.data)
-    return n_files * per_file
+    return generate_folder(folder, ETL9G, list(class_set("etl9g_all").jis_to_label), n_files, WRITERS_PER_FILE, seed)
 
 
 def per_record_load(paths: list[Path], size: int) -> np.ndarray:
-    """struct + PIL per record, resized to ``size`` and made float32, as published loaders do."""
+    """struct + PIL per record (benchmarks.common.per_record_images), resized to ``size`` and made
+    float32, as published loaders do."""
     from PIL import Image
 
-    out = []
-    for path in paths:
-        with open(path, "rb") as f:
-            while len(s := f.read(struct.calcsize(ETL9G_STRUCT))) == struct.calcsize(ETL9G_STRUCT):
-                image = struct.unpack(ETL9G_STRUCT, s)[14]
-                img = Image.frombytes("F", (128, 127), image, "bit", 4)
-                out.append(np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 15)
-    return np.stack(out)
+    from maist.data.etl import ETL9G
+
+    return np.stack(
+        [
+            np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 15
+            for img in per_record_images(paths, ETL9G)
+        ]
+    )
 
 
 def decode_only(paths: list[Path]) -> int:

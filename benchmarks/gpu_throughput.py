@@ -24,9 +24,7 @@ depend on the handwriting). Needs a CUDA device; it is a benchmark, never part o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,15 +33,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 
-from benchmarks.lightning_overhead import bench_trainer, configured_callbacks
-from benchmarks.lightning_overhead import compose_cfg as overhead_cfg
+from benchmarks.common import bench_trainer, compose_cfg, configured_callbacks, datamodule, plain_loop, train_run
 from maist.config import register_configs
 from maist.run import build_module
 
 RECIPES = {"article CNN": "seed_stepped_dropout", "best": "best"}
 PRECISIONS = ("32-true", "bf16-mixed")
+GPU = ["trainer=gpu"]  # the benchmark config on the GPU trainer (and without a cache: data.cache_dir=false)
 
 
 def sync() -> None:
@@ -67,11 +64,6 @@ class SyncClock(L.Callback):
                 self.t1 = time.perf_counter()
 
 
-def compose_cfg(experiment: str, root: str | None, out: str, extra=()) -> object:
-    """``benchmarks.lightning_overhead``'s benchmark config, on ``trainer=gpu`` and without a cache."""
-    return overhead_cfg(experiment, root, "false", out, ["trainer=gpu", *extra])
-
-
 def lightning_rate(cfg, dm, steps: int, warmup: int) -> float:
     model = build_module(cfg, dm)
     clock = SyncClock(warmup)
@@ -81,50 +73,24 @@ def lightning_rate(cfg, dm, steps: int, warmup: int) -> float:
 
 
 def plain_rate(cfg, dm, steps: int, warmup: int, precision: str) -> float:
+    """Images/s of the plain loop (benchmarks.common.plain_loop) on the device, after ``warmup`` steps."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_module(cfg, dm).to(device)
-    model.train()
-    part = dm.train_set.to(device)
-    x_all, y_all = part.float_images(), part.targets
-    opt = instantiate(cfg.model.optimizer, params=model.net.parameters())
-    bs = int(cfg.data.batch_size)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
     t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
+    for step in plain_loop(cfg, model, dm.train_set.to(device), warmup + steps, precision):
+        if step == warmup:
             sync()
             t0 = time.perf_counter()
-        idx = torch.randint(len(y_all), (bs,), device=device)
-        x, y = x_all[idx], y_all[idx]
-        with autocast:
-            if model.augment is not None:
-                x = model.augment(x)
-            loss = model.loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
     sync()
-    return steps * bs / (time.perf_counter() - t0)
+    return steps * int(cfg.data.batch_size) / (time.perf_counter() - t0)
 
 
-def whole_run(experiment: str, root: str | None, extra=()) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="maist-gpu-run-"))
-    cmd = [
-        sys.executable,
-        "train.py",
-        f"experiment={experiment}",
-        "trainer=gpu",
-        f"hydra.run.dir={tmp}",
-        "data.cache_dir=false",
-        "trainer.enable_progress_bar=false",
-        *([f"data.root={root}"] if root else []),
-        *extra,
-    ]
+def whole_run(experiment: str, root: str | None) -> dict:
+    """``train.py experiment=… trainer=gpu`` in a fresh process, without a cache: its metrics and
+    the process's seconds."""
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"gpu_throughput: {' '.join(cmd[1:])} failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((tmp / "metrics.json").read_text())
+    overrides = [f"experiment={experiment}", "trainer=gpu", *([f"data.root={root}"] if root else [])]
+    metrics = train_run(Path(tempfile.mkdtemp(prefix="maist-gpu-run-")), "false", overrides)
     metrics["process_seconds"] = time.perf_counter() - t0
     return metrics
 
@@ -149,14 +115,13 @@ def main(argv=None) -> None:
         f"{'recipe':12s} {'batch':>5s} {'precision':>10s} {'lightning img/s':>16s} {'plain img/s':>12s} {'ratio':>6s}"
     )
     for name, experiment in RECIPES.items():
-        base = compose_cfg(experiment, args.root, out)
+        base = compose_cfg(experiment, args.root, "false", out, GPU)
         L.seed_everything(0, workers=False)
-        dm = instantiate(base.data, _convert_="all")
-        dm.setup("fit")
+        dm = datamodule(base)
         batches = [int(base.data.batch_size)] + ([args.big_batch] if args.big_batch else [])
         for bs in batches:
             for precision in PRECISIONS:
-                cfg = compose_cfg(experiment, args.root, out, [f"trainer.precision={precision}"])
+                cfg = compose_cfg(experiment, args.root, "false", out, [*GPU, f"trainer.precision={precision}"])
                 cfg.data.batch_size = bs
                 dm.hparams.batch_size = bs
                 lit = lightning_rate(cfg, dm, args.steps, args.warmup)

@@ -33,15 +33,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from maist.config import CONFIG_DIR, register_configs
+from benchmarks.common import (
+    bench_trainer,
+    compose_cfg,
+    configured_callbacks,
+    configured_loggers,
+    datamodule,
+    plain_loop,
+    train_run,
+)
 from maist.module import MaistModule
 from maist.run import build_module
-from maist.trainer import make_trainer
-
-CONF = CONFIG_DIR
 
 
 class StepClock(L.Callback):
@@ -66,38 +69,6 @@ class QuietModule(MaistModule):
     training_step.__signature__ = inspect.signature(training_step)  # as MaistModule's
 
 
-def compose_cfg(experiment: str, root: str | None, cache_dir: str, out: str, extra=()) -> object:
-    register_configs()
-    overrides = [
-        f"experiment={experiment}",
-        f"data.cache_dir={cache_dir}",
-        f"paths.output_dir={out}",
-        "~callbacks.feature_maps",
-        "~callbacks.model_checkpoint",
-        "~callbacks.last_checkpoint",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        *extra,
-    ]
-    if root:
-        overrides.append(f"data.root={root}")
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=False)
-
-
-def configured_callbacks(cfg, logger: bool) -> list:
-    """The run's configured callbacks and schedules (``lr_monitor`` only with a logger)."""
-    configured = {**cfg.callbacks, **(cfg.get("schedule") or {})}
-    return [instantiate(c) for k, c in configured.items() if c and "_target_" in c and (logger or k != "lr_monitor")]
-
-
-def bench_trainer(cfg, steps: int, callbacks: list, logger) -> L.Trainer:
-    """``cfg``'s Trainer (as ``train.py`` makes it) for ``steps`` steps, without checkpoints or validation."""
-    return make_trainer(
-        cfg, max_steps=steps, callbacks=callbacks, logger=logger, enable_checkpointing=False, limit_val_batches=0
-    )
-
-
 def lightning_steps(cfg, dm, state, steps: int, warmup: int, logger: bool = True, quiet: bool = False) -> list[float]:
     """The seconds of each of ``steps`` training steps after ``warmup`` in a fresh Trainer.fit."""
     model = build_module(cfg, dm)
@@ -105,41 +76,28 @@ def lightning_steps(cfg, dm, state, steps: int, warmup: int, logger: bool = True
         model = QuietModule(**model.hparams)
     model.load_state_dict(state)
     clock = StepClock()
-    loggers = [instantiate(c) for c in cfg.logger.values()] if logger and cfg.get("logger") else False
+    loggers = configured_loggers(cfg) if logger else False
     trainer = bench_trainer(cfg, warmup + steps, configured_callbacks(cfg, bool(loggers)) + [clock], loggers)
     trainer.fit(model, datamodule=dm)
     return [b - a for a, b in zip(clock.ends[warmup - 1 : -1], clock.ends[warmup:])]
 
 
 def plain_steps(cfg, dm, state, steps: int, warmup: int) -> list[float]:
-    """The same work in a plain loop (index the in-memory tensors, forward, loss, backward, step):
-    the seconds of each step after ``warmup``."""
+    """The same work in the plain loop (benchmarks.common.plain_loop over the in-memory training
+    part): the seconds of each step after ``warmup``."""
     model = build_module(cfg, dm)
     model.load_state_dict(state)
-    net, loss_fn = model.net, model.loss
-    net.train()
-    opt = instantiate(cfg.model.optimizer, params=net.parameters())
-    part, targets = dm.train_set, dm.train_set.targets
-    bs = int(cfg.data.batch_size)
-    gen = torch.Generator().manual_seed(0)
-    ends = [time.perf_counter()]  # ends[i]: when step i - 1 ended (ends[0]: the start)
-    for _ in range(warmup + steps):
-        idx = torch.randint(len(targets), (bs,), generator=gen)
-        x, y = part.float_images(idx), targets[idx]  # uint8 as stored → float, per batch
-        loss = loss_fn(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ends.append(time.perf_counter())
-    return [b - a for a, b in zip(ends[warmup:-1], ends[warmup + 1 :])]
+    # starts[i]: when step i starts (the end of step i - 1); the last: when the last step ended
+    starts = [time.perf_counter() for _ in plain_loop(cfg, model, dm.train_set, warmup + steps)]
+    starts.append(time.perf_counter())
+    return [b - a for a, b in zip(starts[warmup:-1], starts[warmup + 1 :])]
 
 
 def bench(name: str, experiment: str, args, variants: bool) -> list[tuple]:
     tmp = tempfile.mkdtemp(prefix="maist-overhead-")
     cfg = compose_cfg(experiment, args.root, args.cache_dir, tmp)
     L.seed_everything(0, workers=False)
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
+    dm = datamodule(cfg)
     state = copy.deepcopy(build_module(cfg, dm).state_dict())
     kinds = [("lightning", {}), ("plain", None)]
     if variants:
@@ -163,26 +121,12 @@ def bench(name: str, experiment: str, args, variants: bool) -> list[tuple]:
 def seed_beginner_run(args) -> tuple[float, float]:
     """``train.py experiment=seed_beginner`` (10,000 steps, validation every 1,000, its callbacks and
     logger) in a fresh process: its training seconds, against the same 10,000 steps in a plain loop."""
-    import json
-    import subprocess
-    import sys
-
     tmp = Path(tempfile.mkdtemp(prefix="maist-seed-beginner-"))
-    cmd = [
-        sys.executable,
-        "train.py",
-        "experiment=seed_beginner",
-        f"hydra.run.dir={tmp / 'run'}",
-        f"data.cache_dir={args.cache_dir}",
-        f"torch_threads={args.threads}",
-        "trainer.enable_progress_bar=false",
-        *([f"data.root={args.root}"] if args.root else []),
-    ]
-    subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
-    lightning_s = json.loads((tmp / "run" / "metrics.json").read_text())["train_seconds"]
+    overrides = ["experiment=seed_beginner", f"torch_threads={args.threads}"]
+    m = train_run(tmp / "run", args.cache_dir, [*overrides, *([f"data.root={args.root}"] if args.root else [])])
+    lightning_s = m["train_seconds"]
     cfg = compose_cfg("seed_beginner", args.root, args.cache_dir, str(tmp / "plain"))
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
+    dm = datamodule(cfg)
     state = build_module(cfg, dm).state_dict()
     plain_s = sum(plain_steps(cfg, dm, state, int(cfg.trainer.max_steps), 0))
     return lightning_s, plain_s

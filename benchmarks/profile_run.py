@@ -27,9 +27,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 
-from benchmarks.lightning_overhead import bench_trainer, compose_cfg, configured_callbacks
+from benchmarks.common import bench_trainer, compose_cfg, configured_callbacks, configured_loggers, datamodule
 from maist.run import build_module
 
 
@@ -120,8 +119,7 @@ class StepHooks(L.Callback):
 
 def profile(cfg, steps: int, warmup: int) -> tuple[dict, float, int]:
     L.seed_everything(int(cfg.seed), workers=False)
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
+    dm = datamodule(cfg)
     model = build_module(cfg, dm)
     t = Timers()
     t.hooks(model.net, "net forward")
@@ -130,7 +128,7 @@ def profile(cfg, steps: int, warmup: int) -> tuple[dict, float, int]:
     t.wrap(model, "training_step", "training_step (all)")
     t.wrap(model, "log", "self.log")
     hooks = StepHooks(t, warmup)
-    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else False
+    loggers = configured_loggers(cfg)
     trainer = bench_trainer(cfg, warmup + steps, configured_callbacks(cfg, bool(loggers)) + [hooks], loggers)
     loader = TimedLoader(dm.train_dataloader(), t, lambda batch: dm.on_after_batch_transfer(batch, 0))
     trainer.fit(model, train_dataloaders=loader)

@@ -6,7 +6,10 @@ Cases (``../shared/data/etl-dev/``, never copied into the project):
 
 - ``writers``: ``etl8b2-46`` split by writer (112 train, 16 validation, 32 test writers);
 - ``cross``: trained on ``etl8b2-46`` (validation: 10% of its writers), tested on all of
-  ``etl4c-46`` (120 other writers, another scanner).
+  ``etl4c-46`` (120 other writers, another scanner);
+- ``etl8g71``: ``etl8g-71`` (ETL8G, the article's 71 classes, voiced forms included) split by
+  writer; also printed: its test images of a voiced family read as another form of their family
+  (ざ→さ, ば→ぱ, …), from the run's test analysis.
 
 Each run is ``python train.py experiment=… seed=…`` in a fresh process, one after the other, in a
 temporary folder; printed: per-seed test accuracy, training seconds and the 1-minute load average
@@ -16,46 +19,36 @@ at the end of the run (the machine may be shared: timings mean little without it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ETL_DEV = REPO.parent / "shared" / "data" / "etl-dev"
+from benchmarks.common import ETL_DEV, LEAN, train_run
+
 CASES = {
     "writers": [f"data.root={ETL_DEV / 'etl8b2-46'}"],
     "cross": [f"data.root={ETL_DEV / 'etl8b2-46'}", f"data.test_root={ETL_DEV / 'etl4c-46'}"],
+    "etl8g71": [f"data.root={ETL_DEV / 'etl8g-71'}", "analyse_test=true"],
 }
 
 
-def train_run(out: Path, cache_dir: Path, overrides: list[str]) -> dict:
-    """``python train.py`` with ``overrides`` in a fresh process, into ``out``, without progress bar,
-    test analysis or feature-map figures (``overrides`` come last and may change those): its
-    ``metrics.json``. A failed run exits with its stderr."""
-    cmd = [
-        sys.executable,
-        "train.py",
-        f"hydra.run.dir={out}",
-        f"data.cache_dir={cache_dir}",
-        "trainer.enable_progress_bar=false",
-        "analyse_test=false",
-        "~callbacks.feature_maps",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads((out / "metrics.json").read_text())
+def mark_errors(metrics: dict) -> list[str]:
+    """The test images of a voiced family read as another form of it, as ``true→predicted``
+    (one entry per image), from a run's test analysis (empty without one)."""
+    out = []
+    for family in (metrics.get("analysis") or {}).get("voiced", []):
+        for i, true in enumerate(family["classes"]):
+            for j, pred in enumerate(family["classes"]):
+                out += [f"{true}→{pred}"] * (int(family["counts"][i][j]) if i != j else 0)
+    return out
 
 
 def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
     """One seed of ``experiment`` on ``case`` in ``folder/<case>-<seed>`` (its ``metrics.json``;
     ``output_dir`` names the run folder, checkpoints and config included)."""
-    overrides = [f"experiment={experiment}", f"seed={seed}", *CASES[case], *extra]
+    overrides = [*LEAN, f"experiment={experiment}", f"seed={seed}", *CASES[case], *extra]
     return train_run(folder / f"{case}-{seed}", folder / "cache", overrides)
 
 
@@ -82,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 m = run(args.experiment, case, seed, Path(tmp), overrides)
                 accs.append(100 * m["test/acc"])
+                marks = mark_errors(m)
                 print(
                     f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "
                     + (f"val/acc_best {100 * m['val/acc_best']:.2f}%  " if "val/acc_best" in m else "no validation  ")
+                    + (f"voiced-family errors {len(marks)} {' '.join(marks)}  " if m.get("analysis") else "")
                     + f"train {m['train_seconds']:.0f} s  (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )

@@ -5,7 +5,7 @@
 Both runs are built from the project's Hydra configs (``experiment=seed_stepped_dropout`` and
 ``experiment=best``, with their model, optimizer, schedule callbacks, augmentation, batch size and
 preprocessing) and trained by the ``Trainer`` that ``train.py`` makes (``maist.trainer.make_trainer``,
-through :mod:`benchmarks.lightning_overhead`'s helpers), on the same data
+through :mod:`benchmarks.common`'s helpers), on the same data
 and the same writer-disjoint split (``data.split_by=writer``: the article's config says random,
 which would put test writers into training). Differences from a plain ``train.py`` run, the same
 for both: no validation and no checkpoints (they are not training), no logger, the feature-map
@@ -29,34 +29,27 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 
-from benchmarks.lightning_overhead import bench_trainer, compose_cfg, configured_callbacks
+from benchmarks.common import ETL_DEV, bench_trainer, compose_cfg, configured_callbacks, datamodule
 from maist.config import register_configs
+from maist.inference import logits
 from maist.run import build_module
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "etl-dev" / "etl8b2-46"
+DEFAULT_ROOT = ETL_DEV / "etl8b2-46"
 
 
 class AccuracyClock(L.Callback):
-    """Every ``every`` steps: test accuracy and the training seconds so far (eval time excluded)."""
+    """Every ``every`` steps: accuracy on ``part`` (a data module's part) and the training seconds
+    so far (eval time excluded)."""
 
-    def __init__(self, data: torch.Tensor, targets: torch.Tensor, every: int):
-        self.data, self.targets, self.every = data, targets, max(1, every)
+    def __init__(self, part, every: int):
+        self.part, self.every = part, max(1, every)
         self.curve: list[tuple[int, float, float]] = []
         self.t0 = 0.0
         self.paused = 0.0
 
-    @torch.no_grad()
     def accuracy(self, module) -> float:
-        was = module.training
-        module.eval()
-        correct = sum(
-            int((module(self.data[i : i + 1000]).argmax(1) == self.targets[i : i + 1000]).sum())
-            for i in range(0, len(self.targets), 1000)
-        )
-        module.train(was)
-        return correct / len(self.targets)
+        return float((logits(module, self.part).argmax(1) == self.part.targets).float().mean())
 
     def on_train_start(self, trainer, pl_module):
         self.t0, self.paused = time.perf_counter(), 0.0
@@ -73,11 +66,10 @@ class AccuracyClock(L.Callback):
 
 def train_curve(cfg, points: int) -> tuple[list, dict]:
     L.seed_everything(int(cfg.seed), workers=False)
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
+    dm = datamodule(cfg)
     model = build_module(cfg, dm)
     steps = int(cfg.trainer.max_steps)
-    clock = AccuracyClock(dm.test_set.float_images(), dm.test_set.targets, steps // points)
+    clock = AccuracyClock(dm.test_set, steps // points)
     callbacks = configured_callbacks(cfg, logger=False) + [clock]
     trainer = bench_trainer(cfg, steps, callbacks, logger=False)
     trainer.fit(model, datamodule=dm)

@@ -18,21 +18,22 @@ from __future__ import annotations
 import argparse
 import itertools
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from benchmarks.common import datamodule
 from benchmarks.seeds import CASES, parse_with_overrides, run
 from maist.checkpoint import load_module
 from maist.config import register_configs
+from maist.inference import logits
 from maist.models.tta import TestTimeAugmented, apply_view, check_view
 
 ROTATE = (0, 3, 6, 9)  # degrees: ±r
 SCALE = (0, 0.04, 0.08, 0.12)  # 1 ± s
 STROKE = (0, 0.15, 0.3, 0.5)  # ±w
-BATCH = 512
 
 
 def view_sets() -> dict[str, list[dict]]:
@@ -52,23 +53,19 @@ def key(view: dict) -> tuple:
     return (round(v["rotate"], 4), round(v["scale"], 4), round(v["stroke"], 4))
 
 
-@torch.no_grad()
 def view_probs(run: Path, views: list[dict]) -> dict[str, tuple[dict, torch.Tensor]]:
     """For validation and test: {view key: probabilities} and the targets, of the run's network."""
     module, _ = load_module(run / "checkpoints" / "last.ckpt")
     if not isinstance(module.net, TestTimeAugmented):
         raise SystemExit(f"{run}: the experiment's network has no test-time views (model.net is not TestTimeAugmented)")
-    net = module.net.net.eval()
-    dm = instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").data, _convert_="all")
-    dm.setup("fit")
+    net = module.net.net
+    dm = datamodule(OmegaConf.load(run / ".hydra" / "config.yaml"))
     out = {}
     for part in ("val", "test"):
         p = getattr(dm, f"{part}_set")
-        x = p.float_images()
         probs = {}
         for v in {key(v): v for v in views}.values():
-            chunks = [net(apply_view(x[i : i + BATCH], **check_view(v))).softmax(-1) for i in range(0, len(x), BATCH)]
-            probs[key(v)] = torch.cat(chunks)
+            probs[key(v)] = logits(net, p, view=partial(apply_view, **check_view(v))).softmax(-1)
         out[part] = (probs, p.targets)
     return out
 

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks.seeds import ETL_DEV, train_run
+from benchmarks.common import ETL_DEV, LEAN, train_run
 from maist import morphology
 
 PENS = {  # name: (canvas height, canvas width, pen width as a share of the character's height)
@@ -138,7 +138,7 @@ def scan_picture(levels: np.ndarray, max_level: int) -> np.ndarray:
 # ---------------------------------------------------------------------- the model
 def train_checkpoint(folder: Path, train: str, experiment: str, seed: int, extra: list[str]) -> Path:
     out = folder / f"run-{train}"
-    overrides = [f"experiment={experiment}", f"seed={seed}", f"data.root={ETL_DEV / SETS[train]}", *extra]
+    overrides = [*LEAN, f"experiment={experiment}", f"seed={seed}", f"data.root={ETL_DEV / SETS[train]}", *extra]
     m = train_run(out, folder / "cache", overrides)
     print(
         f"trained {experiment} seed {seed} on {SETS[train]} writers: test/acc {100 * m['test/acc']:.2f}% "

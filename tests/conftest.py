@@ -1,6 +1,6 @@
-"""Shared fixtures for the data tests.
+"""Shared fixtures: synthetic ETL files, the session's tiny model, configs and train.py runs.
 
-Every test writes its own small ETL8G files under ``tmp_path``; the only real ETL material
+Every data test writes its own small ETL8G files under ``tmp_path``; the only real ETL material
 used is the team's internal ``../shared/data/etl-dev/`` (read in place, never copied into the
 repository; tests that need it skip when it is absent).
 """
@@ -16,8 +16,8 @@ import pytest
 from maist.data.etl import ETL8G, pack_records
 from maist.data.kana import char_to_jis
 from maist.files import write_atomic
+from tests.helpers import REPO, compose_cfg, tiny_checkpoint, tiny_predictor
 
-REPO = Path(__file__).resolve().parents[1]
 ETL_DEV = REPO.parent / "shared" / "data" / "etl-dev"
 
 
@@ -88,6 +88,45 @@ def hiragana_folder(make_records, tmp_path):
             "sheet": np.concatenate([p["sheet"] for p in parts]),
             "images": np.concatenate([p["images"] for p in parts]),
         }
+
+    return make
+
+
+# ---------------------------------------------------------------- the tiny model, configs, runs
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt() -> Path:
+    """The session's tiny checkpoint (tests.helpers.tiny_checkpoint: 12 kana of the shipped
+    sample, trained once per session on first use)."""
+    return tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def predictor():
+    """The session's Predictor of the tiny checkpoint."""
+    return tiny_predictor()
+
+
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory) -> Path:
+    """One ``data.cache_dir`` for every train.py run on the shipped sample in the session, so the
+    sample is decoded once per preprocessing (the cache is safe across processes: a file lock).
+    A test that checks that nothing was decoded gives its run an empty cache folder of its own."""
+    return tmp_path_factory.mktemp("sample-cache")
+
+
+@pytest.fixture
+def run_cfg(tmp_path):
+    """Factory: ``run_cfg(*overrides)`` is compose_cfg of a run whose output goes to tmp_path/run
+    and whose cache, tmp_path/cache, stays absent unless data is decoded; one training step unless
+    ``overrides`` set trainer.max_steps."""
+
+    def make(*overrides: str):
+        steps = [] if any(o.startswith("trainer.max_steps") for o in overrides) else ["trainer.max_steps=1"]
+        return compose_cfg(
+            *overrides, f"paths.output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}", *steps
+        )
 
     return make
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -21,10 +19,9 @@ from maist.data.dataset import load_arrays
 from maist.data.etl import ETL8B2, EtlFormatError, list_sources, read_etl, write_etl
 from maist.data.kana import char_to_jis
 from maist.errors import ConfigError
-from tests.helpers import plain_preprocess
+from tests.helpers import plain_preprocess, run_python
 
 TINY = plain_preprocess(image_size=8)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def datamodule(root, tmp_path, **kw) -> MaistDataModule:
@@ -101,7 +98,7 @@ def test_what_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path, kind)
         path.symlink_to(tmp_path / "gone")
     for root in (path, tmp_path):  # the file itself, and a folder holding it
         probe = f"from maist.data.etl import read_etl\nread_etl({str(root)!r})"
-        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)
+        proc = run_python("-c", probe, timeout=60)
         assert proc.returncode != 0 and "EtlFormatError" in proc.stderr, proc.stderr[-500:]
         what = {"fifo": "a pipe", "device": "a device", "dangling link": "cannot be read (a link to nothing)"}[kind]
         assert f"{path}: {what}" in proc.stderr

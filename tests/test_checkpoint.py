@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,7 @@ import torch
 from maist.checkpoint import check_resumable, load_module, read_checkpoint
 from maist.errors import CheckpointError
 from maist.run import run as run_config
-from tests.test_predict import tiny_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_python, run_train, tiny_checkpoint
 
 
 class RunsCode:
@@ -38,8 +34,8 @@ def malicious(tmp_path) -> tuple[Path, Path]:
     return path, marker
 
 
-def test_a_real_checkpoint_loads_with_the_safe_loader():
-    module, ckpt = load_module(tiny_checkpoint())
+def test_a_real_checkpoint_loads_with_the_safe_loader(tiny_ckpt):
+    module, ckpt = load_module(tiny_ckpt)
     assert not module.training and ckpt["hyper_parameters"]["classes"][0] == "あ"
     x = torch.zeros(2, 1, 28, 28)
     assert module(x).shape == (2, 12)
@@ -100,9 +96,9 @@ def test_settings_that_would_construct_anything_else_are_refused(tmp_path, route
     assert not marker.exists()
 
 
-def in_process_entry_points(ckpt: Path, tmp_path: Path) -> dict:
-    """Each entry point that reads a checkpoint, called in this process: name → a call that
-    returns the one-line error it ends with."""
+def in_process_entry_points(ckpt: Path, tmp_path: Path, run_cfg) -> dict:
+    """Each entry point that reads a checkpoint, called in this process (train.py's through
+    ``run_cfg``, the fixture): name → a call that returns the one-line error it ends with."""
     from PIL import Image
 
     from maist import export, predict, serve, visualize
@@ -119,10 +115,8 @@ def in_process_entry_points(ckpt: Path, tmp_path: Path) -> dict:
 
     def train(*overrides):
         def call(capsys):
-            from tests.test_config_errors import compose_run
-
             with pytest.raises(CheckpointError) as info:
-                run_config(compose_run(tmp_path, f"ckpt_path={ckpt}", *overrides))
+                run_config(run_cfg(f"ckpt_path={ckpt}", *overrides))
             return f"error: {info.value}"
 
         return call
@@ -142,18 +136,18 @@ ENTRY_POINTS = ["predict", "serve", "visualize", "export", "evaluate", "resume"]
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("route", ROUTES)
-def test_no_entry_point_constructs_what_a_checkpoint_names(tmp_path, capsys, route, entry):
+def test_no_entry_point_constructs_what_a_checkpoint_names(tmp_path, capsys, run_cfg, route, entry):
     path, marker, words = hostile(tmp_path, route)
-    last = in_process_entry_points(path, tmp_path)[entry](capsys)
+    last = in_process_entry_points(path, tmp_path, run_cfg)[entry](capsys)
     assert re.match(f"error: {re.escape(str(path))}: refused: .*{words}", last), last
     assert not marker.exists(), f"{entry} ran what the checkpoint named"
     assert not (tmp_path / "cache").exists(), "the data was decoded before the checkpoint was checked"
 
 
-def test_weights_that_do_not_fit_name_the_tensor(tmp_path, capsys):
+def test_weights_that_do_not_fit_name_the_tensor(tiny_ckpt, tmp_path, capsys):
     from maist import predict
 
-    ckpt = torch.load(tiny_checkpoint(), weights_only=True)
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
     ckpt["state_dict"]["net.fc2.weight"] = torch.zeros(71, 64)
     path = tmp_path / "shapes.ckpt"
     torch.save(ckpt, path)
@@ -203,8 +197,8 @@ def test_every_bad_file_is_one_error_that_names_it(tmp_path, kind):
     assert text.startswith(str(path)) and "\n" not in text
 
 
-def test_resuming_needs_the_same_model_and_a_full_training_state(tmp_path):
-    ckpt = tiny_checkpoint()
+def test_resuming_needs_the_same_model_and_a_full_training_state(tiny_ckpt):
+    ckpt = tiny_ckpt
     net = torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]
     with pytest.raises(
         CheckpointError,
@@ -217,17 +211,6 @@ def test_resuming_needs_the_same_model_and_a_full_training_state(tmp_path):
         check_resumable(ckpt, {"net": net}, "hiragana75")
     with pytest.raises(CheckpointError, match="holds weights only"):
         check_resumable(ckpt, {"net": net}, "hiragana71")
-
-
-def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-    )
 
 
 def entry_points(ckpt: Path, tmp_path: Path) -> dict[str, list[str]]:
@@ -246,10 +229,11 @@ def entry_points(ckpt: Path, tmp_path: Path) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["predict", "serve", "visualize", "export", "evaluate", "resume"])
 def test_no_entry_point_runs_a_malicious_checkpoint(malicious, tmp_path, entry):
     path, marker = malicious
-    proc = run(*entry_points(path, tmp_path)[entry])
+    proc = run_python(*entry_points(path, tmp_path)[entry])
     assert not marker.exists(), f"{entry} ran the checkpoint's code"
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -257,13 +241,14 @@ def test_no_entry_point_runs_a_malicious_checkpoint(malicious, tmp_path, entry):
     assert not (tmp_path / "cache").exists(), "the data was decoded before the checkpoint was checked"
 
 
-def test_resuming_another_model_fails_before_the_data_is_decoded(tmp_path):
-    proc = run(
-        "train.py",
+@pytest.mark.slow
+def test_resuming_another_model_fails_before_the_data_is_decoded(tiny_ckpt, tmp_path):
+    proc = run_train(
         "model=linear",
-        f"ckpt_path={tiny_checkpoint()}",
+        f"ckpt_path={tiny_ckpt}",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
     )
     assert proc.returncode == 2
     assert "but this run configures maist.models.LinearSoftmax" in proc.stderr.strip().splitlines()[-1]

@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 
-from maist.config import CONFIG_DIR, register_configs
 from maist.errors import ConfigError, user_error
 from maist.run import run
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def compose_run(tmp_path: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *overrides,
-                f"paths.output_dir={tmp_path / 'run'}",
-                f"data.cache_dir={tmp_path / 'cache'}",
-                *(["trainer.max_steps=1"] if not any(o.startswith("trainer.max_steps") for o in overrides) else []),
-            ],
-        )
-    return cfg
+from tests.helpers import run_train
 
 
 @pytest.mark.parametrize(
@@ -111,8 +89,8 @@ def compose_run(tmp_path: Path, *overrides: str):
         ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0: must be a whole number ≥ 1"),
     ],
 )
-def test_bad_values_fail_before_the_data_is_decoded(tmp_path, override, message):
-    cfg = compose_run(tmp_path, *override.split(" "))
+def test_bad_values_fail_before_the_data_is_decoded(tmp_path, run_cfg, override, message):
+    cfg = run_cfg(*override.split(" "))
     with pytest.raises(Exception) as info:
         run(cfg)
     err = user_error(info.value)  # what train.py prints (Hydra wraps errors raised in instantiate)
@@ -121,6 +99,7 @@ def test_bad_values_fail_before_the_data_is_decoded(tmp_path, override, message)
     assert not (tmp_path / "cache").exists(), "data was decoded before the value was checked"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, line",
     [
@@ -133,13 +112,7 @@ def test_bad_values_fail_before_the_data_is_decoded(tmp_path, override, message)
     ],
 )
 def test_train_py_prints_one_line_and_exits_2(tmp_path, override, line):
-    proc = subprocess.run(
-        [sys.executable, "train.py", override, f"hydra.run.dir={tmp_path}", f"data.cache_dir={tmp_path / 'c'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_train(override, f"hydra.run.dir={tmp_path}", f"data.cache_dir={tmp_path / 'c'}", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [line]
     assert not (tmp_path / "c").exists()

@@ -3,31 +3,20 @@ config gives a data module, a model and a trainer (nothing is trained or decoded
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maist.config import CONFIG_DIR, register_configs
+from maist.config import CONFIG_DIR
 from maist.data.kana import class_set
 from maist.module import MaistModule
 from maist.run import _instantiate_all, _plugins
+from tests.helpers import compose_cfg
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = CONFIG_DIR
+OUT = "paths.output_dir=/tmp/maist-config-test"  # where a built trainer and loggers would write
 
 
 def names(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_cfg(*overrides: str, hydra: bool = False):
-    register_configs()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(
-            "train", overrides=["paths.output_dir=/tmp/maist-config-test", *overrides], return_hydra_config=hydra
-        )
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def build(cfg):
@@ -55,7 +44,7 @@ def build(cfg):
 
 @pytest.mark.parametrize("experiment", names("experiment"))
 def test_every_experiment_builds(experiment):
-    cfg = compose_cfg(f"experiment={experiment}")
+    cfg = compose_cfg(OUT, f"experiment={experiment}")
     datamodule, model, trainer = build(cfg)
     assert isinstance(model, MaistModule)
     assert model.net(datamodule.preprocess(__import__("torch").zeros(1, 127, 128))[:, None]).shape == (
@@ -68,7 +57,7 @@ def test_every_experiment_builds(experiment):
 @pytest.mark.parametrize("group", ["trainer", "logger", "model", "schedule", "callbacks", "debug"])
 def test_every_config_of_a_group_builds(group):
     for name in names(group):
-        cfg = compose_cfg(f"{group}={name}")
+        cfg = compose_cfg(OUT, f"{group}={name}")
         datamodule, model, trainer = build(cfg)
         if group == "trainer":
             assert (trainer.world_size if cfg.trainer.get("strategy") else 1) == cfg.trainer.devices
@@ -78,14 +67,14 @@ def test_every_config_of_a_group_builds(group):
 
 def test_the_search_config_composes_with_its_sweeper():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the `search` extra is not installed")
-    cfg = compose_cfg("hparams_search=cnn_optuna", hydra=True)
+    cfg = compose_cfg(OUT, "hparams_search=cnn_optuna", hydra=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.optimized_metric == "val/acc_best"
     build(cfg)
 
 
 def test_the_experiments_restate_the_articles_settings():
-    cfg = compose_cfg("experiment=seed_stepped_dropout")
+    cfg = compose_cfg(OUT, "experiment=seed_stepped_dropout")
     assert (cfg.data.batch_size, cfg.data.image_size, cfg.data.class_set) == (50, 28, "hiragana71")
     assert (cfg.data.sampler, cfg.data.split_by, cfg.model.loss_reduction) == ("with_replacement", "random", "sum")
     assert cfg.trainer.max_steps == 20000
@@ -98,7 +87,7 @@ def test_python_objects_built_with_no_arguments_are_what_train_py_builds():
     from maist.data.datamodule import MaistDataModule
     from maist.data.preprocess import Preprocess
 
-    configured = instantiate(compose_cfg().data, _convert_="all")
+    configured = instantiate(compose_cfg(OUT).data, _convert_="all")
     plain = MaistDataModule()
     assert dict(plain.hparams) == dict(configured.hparams)
     assert plain.preprocess == configured.preprocess == Preprocess(image_size=configured.hparams.image_size)

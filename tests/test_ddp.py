@@ -3,19 +3,11 @@ sweeps through submitit's local executor (what hydra/launcher=slurm uses on a cl
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from maist.data.datamodule import BatchIndexSampler, ShardBatches
-
-REPO = Path(__file__).resolve().parents[1]
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "torch_threads=1"]
+from tests.helpers import compose_cfg, metrics, run_train
 
 INJECT = """
 import lightning as L
@@ -29,24 +21,6 @@ class NanOnRank(L.Callback):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             batch[0].fill_(float("nan"))
 """
-
-
-def train(*overrides, cwd=REPO, env=None, timeout=300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "train.py", *overrides, *QUIET],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
 
 
 # ---------------------------------------------------------------- samplers, in one process
@@ -76,15 +50,15 @@ def test_evaluation_shards_cover_every_example_exactly_once(n, world):
 
 # ---------------------------------------------------------------- 2 processes
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def ddp_run(tmp_path_factory, sample_cache):
     base = tmp_path_factory.mktemp("ddp")
     run_dir = base / "run"
-    proc = train(
+    proc = run_train(
         "trainer=ddp_cpu",
         "model=cnn",
         "trainer.max_steps=60",
         "trainer.val_check_interval=30",
-        f"data.cache_dir={base / 'cache'}",
+        f"data.cache_dir={sample_cache}",
         f"hydra.run.dir={run_dir}",
     )
     return base, run_dir, proc
@@ -105,16 +79,16 @@ def test_two_processes_learn_and_rank_zero_alone_writes(ddp_run):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_evaluates_the_same_in_one_and_two_processes(ddp_run):
+def test_a_checkpoint_evaluates_the_same_in_one_and_two_processes(ddp_run, sample_cache):
     base, run_dir, _ = ddp_run
     results = {}
     for trainer in ("cpu", "ddp_cpu"):
         folder = base / f"eval-{trainer}"
-        train(
+        run_train(
             "train=false",
             f"trainer={trainer}",
             f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}",
-            f"data.cache_dir={base / 'cache'}",
+            f"data.cache_dir={sample_cache}",
             f"hydra.run.dir={folder}",
         )
         results[trainer] = metrics(folder)
@@ -127,10 +101,10 @@ def test_a_checkpoint_evaluates_the_same_in_one_and_two_processes(ddp_run):
 
 
 @pytest.mark.slow
-def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
+def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path, sample_cache):
     (tmp_path / "inject.py").write_text(INJECT)
     run_dir = tmp_path / "run"
-    train(
+    run_train(
         "trainer=ddp_cpu",
         "model=linear",
         "trainer.max_steps=40",
@@ -138,12 +112,12 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path):
         "+callbacks.inject._target_=inject.NanOnRank",
         "+callbacks.inject.rank=1",
         "+callbacks.inject.step=7",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.cache_dir={sample_cache}",
         f"hydra.run.dir={run_dir}",
         "~callbacks.feature_maps",
         env={"PYTHONPATH": str(tmp_path)},
-        timeout=240,
-    )  # a hang would time out
+        timeout=240,  # a hang would time out
+    )
     m = metrics(run_dir)
     assert m["stopped"] == "the training loss was not finite at step 7"
     assert m["steps"] == 8  # step 7 made no update on either rank; the guard stopped both after it
@@ -168,32 +142,25 @@ class StopRank(L.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGSTOP", "SIGKILL"])
-def test_a_rank_that_stops_answering_ends_the_run_in_one_line(tmp_path, how):
+def test_a_rank_that_stops_answering_ends_the_run_in_one_line(tmp_path, sample_cache, how):
     """A frozen rank (no answer: the collective timeout) or a dead one (its connection closes):
     rank 0 ends with one line naming the rank it lost, not a hang or a gloo traceback."""
     (tmp_path / "stop.py").write_text(STOP)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "trainer=ddp_cpu",
-            "model=linear",
-            "trainer.max_steps=40",
-            "trainer.strategy.timeout.seconds=15",
-            "+callbacks.stop._target_=stop.StopRank",
-            "+callbacks.stop.rank=1",
-            "+callbacks.stop.step=5",
-            f"+callbacks.stop.how={how}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "~callbacks.feature_maps",
-            *QUIET,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_train(
+        "trainer=ddp_cpu",
+        "model=linear",
+        "trainer.max_steps=40",
+        "trainer.strategy.timeout.seconds=15",
+        "+callbacks.stop._target_=stop.StopRank",
+        "+callbacks.stop.rank=1",
+        "+callbacks.stop.step=5",
+        f"+callbacks.stop.how={how}",
+        f"data.cache_dir={sample_cache}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "~callbacks.feature_maps",
+        env={"PYTHONPATH": str(tmp_path)},
+        check=False,
         timeout=200,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -202,26 +169,22 @@ def test_a_rank_that_stops_answering_ends_the_run_in_one_line(tmp_path, how):
     assert "Traceback" not in proc.stderr
 
 
-def sweep_of_two(tmp_path) -> list[str]:
+def sweep_of_two(tmp_path, cache) -> list[str]:
     """A short 2-job sweep (two schedules of the linear model) into ``tmp_path / 'sweep'``."""
     return [
         "model=linear",
         "schedule=constant,stepped",
         "trainer.max_steps=20",
         "trainer.val_check_interval=10",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.cache_dir={cache}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "~callbacks.feature_maps",
     ]
 
 
 @pytest.mark.slow
-def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path):
-    proc = train(
-        "-m",
-        "trainer=ddp_cpu",
-        *sweep_of_two(tmp_path),
-    )
+def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path, sample_cache):
+    proc = run_train("-m", "trainer=ddp_cpu", *sweep_of_two(tmp_path, sample_cache))
     out = proc.stdout + proc.stderr
     assert out.count("MEMBER: 1/2") == 2 and out.count("MEMBER: 2/2") == 2  # two jobs, two ranks each
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
@@ -231,48 +194,34 @@ def test_a_sweep_of_ddp_jobs_runs_each_job_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_submitit_local_sweep_runs_both_jobs(tmp_path):
+def test_a_submitit_local_sweep_runs_both_jobs(tmp_path, sample_cache):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    proc = train(
-        "-m",
-        "hydra/launcher=submitit_local",
-        *sweep_of_two(tmp_path),
-    )
+    proc = run_train("-m", "hydra/launcher=submitit_local", *sweep_of_two(tmp_path, sample_cache))
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2 and all("test/acc" in metrics(job) for job in jobs)
     assert "sweep summary:" in proc.stdout
 
 
 @pytest.mark.slow
-def test_a_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path):
+def test_a_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path, sample_cache):
     run_dir = tmp_path / "run"
     common = [
         "model=linear",
         "trainer.val_check_interval=10",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.cache_dir={sample_cache}",
         f"hydra.run.dir={run_dir}",
         "~callbacks.feature_maps",
         "test=false",
     ]
-    train(*common, "trainer.max_steps=20")
-    proc = train(*common, "trainer.max_steps=30", env={"SLURM_RESTART_COUNT": "1"})
+    run_train(*common, "trainer.max_steps=20")
+    proc = run_train(*common, "trainer.max_steps=30", env={"SLURM_RESTART_COUNT": "1"})
     assert f"resuming from {run_dir / 'checkpoints/last.ckpt'}" in proc.stdout + proc.stderr
     assert metrics(run_dir)["steps"] == 30
 
 
 def test_the_slurm_launcher_starts_one_task_per_gpu():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
-
-    from maist.config import CONFIG_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
-            return_hydra_config=True,
-        )
+    cfg = compose_cfg("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)

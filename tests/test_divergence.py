@@ -2,13 +2,13 @@
 
 import math
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from maist import registry
 from maist.callbacks.divergence import DivergenceGuard
 from maist.module import MaistModule
+from tests.helpers import quiet_trainer
 
 
 class NanAfter(torch.nn.Module):
@@ -35,15 +35,7 @@ def test_nonfinite_loss_stops_training_and_keeps_weights_finite(tmp_path, monkey
     )
     data = TensorDataset(torch.rand(64, 1, 4, 4), torch.randint(3, (64,)))
     guard = DivergenceGuard()
-    trainer = L.Trainer(
-        max_steps=50,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[guard],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=50, callbacks=[guard], default_root_dir=tmp_path)
     trainer.fit(model, DataLoader(data, batch_size=8))
     # five good updates; the sixth batch's loss is NaN: its update is skipped and the run stops there
     assert trainer.global_step == 6

@@ -7,35 +7,35 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_predict import held_out, paper_picture, tiny_checkpoint, tiny_predictor
+
+from tests.helpers import held_out, paper_picture
 
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need: pip install onnx onnxruntime")
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need: pip install onnx onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tiny_ckpt, tmp_path_factory):
     from maist.export import main
 
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    rc = main([f"ckpt_path={tiny_checkpoint()}", "format=onnx", f"out={out}", "check_batch=8"])
+    rc = main([f"ckpt_path={tiny_ckpt}", "format=onnx", f"out={out}", "check_batch=8"])
     assert rc == 0
     return out
 
 
-def test_cli_writes_and_checks(tmp_path, capsys):
+def test_cli_writes_and_checks(tiny_ckpt, tmp_path, capsys):
     from maist.export import main
 
     out = tmp_path / "m.onnx"
-    assert main([f"ckpt_path={tiny_checkpoint()}", f"out={out}", "check_batch=6"]) == 0
+    assert main([f"ckpt_path={tiny_ckpt}", f"out={out}", "check_batch=6"]) == 0
     text = capsys.readouterr().out
     assert f"wrote {out}" in text and "onnxruntime vs PyTorch on a batch of 6" in text and ": OK" in text
 
 
-def test_metadata_describes_classes_and_preprocessing(exported):
+def test_metadata_describes_classes_and_preprocessing(exported, predictor):
     m = onnx.load(str(exported))
     meta = {p.key: p.value for p in m.metadata_props}
-    predictor = tiny_predictor()
     assert json.loads(meta["classes"]) == predictor.classes
     assert json.loads(meta["preprocess"]) == predictor.preprocess_dict
     assert meta["image_size"] == "28" and float(meta["ink_frame_ratio"]) == predictor.ink_ratio
@@ -45,8 +45,7 @@ def test_metadata_describes_classes_and_preprocessing(exported):
 
 
 @pytest.mark.parametrize("n", [1, 5])
-def test_onnxruntime_matches_pytorch_on_pictures(exported, n):
-    predictor = tiny_predictor()
+def test_onnxruntime_matches_pytorch_on_pictures(exported, predictor, n):
     x = torch.cat([predictor.prepare(paper_picture(held_out(c))) for c in "くしつのもん"[:n]])
     sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     logits, probs = sess.run(None, {"image": x.numpy()})

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from maist import viz
 from maist.callbacks.feature_maps import FeatureMapFigures
 from maist.models import DeepMnistCNN, LinearSoftmax
+from tests.helpers import quiet_trainer
 
 MAPS = ("input", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
 
@@ -154,17 +155,10 @@ def test_training_run_writes_pngs_and_tensorboard_images(tmp_path):
     w0 = model.net.conv1.weight.detach().clone()
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     cb = FeatureMapFigures(every_n_steps=1, dirpath=str(tmp_path / "figures"))
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=2,
         logger=[tb, CSVLogger(str(tmp_path), name="csv")],
         callbacks=[cb],
-        accelerator="cpu",
-        devices=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         default_root_dir=str(tmp_path),
         log_every_n_steps=1,
     )

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_predict import held_out, paper_picture, sample_records, tiny_predictor
 
 from maist.data.preprocess import Preprocess, etl_levels_to_float, ink_box
 from maist.images import (
@@ -22,7 +21,7 @@ from maist.images import (
     normalize_ink,
     to_model_input,
 )
-from tests.helpers import PLAIN, plain_preprocess
+from tests.helpers import PLAIN, REPO, held_out, paper_picture, plain_preprocess, run_python, sample_records
 
 
 def _png(array) -> bytes:
@@ -175,8 +174,7 @@ def _perturbations(pic: np.ndarray, rng: np.random.Generator) -> dict[str, np.nd
 
 
 @pytest.mark.parametrize("char", list("あくしつのもん"))
-def test_top1_is_stable_under_placement_scale_polarity_and_noise(char):
-    predictor = tiny_predictor()
+def test_top1_is_stable_under_placement_scale_polarity_and_noise(predictor, char):
     rng = np.random.default_rng(ord(char))
     pic = paper_picture(held_out(char, k=1))
     clean = predictor.top_k([pic])[0][0][0]
@@ -234,14 +232,12 @@ def test_dangling_link_in_a_folder_is_reported(tmp_path):
     assert load_image(files[0]).shape == (127, 128)
 
 
-def test_predict_counts_a_dangling_link_as_failed(tmp_path, capsys):
-    from test_predict import tiny_checkpoint
-
+def test_predict_counts_a_dangling_link_as_failed(tiny_ckpt, tmp_path, capsys):
     from maist.predict import main
 
     Image.fromarray(paper_picture(held_out("あ"))).save(tmp_path / "a.png")
     (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
-    assert main([f"ckpt_path={tiny_checkpoint()}", f"inputs=[{tmp_path}]"]) == 2
+    assert main([f"ckpt_path={tiny_ckpt}", f"inputs=[{tmp_path}]"]) == 2
     out, err = capsys.readouterr()
     assert "a.png" in out and "b.png: a dangling link" in err
 
@@ -288,22 +284,12 @@ print(f"{outcome}|{grew_mb:.0f}|{time.perf_counter() - t:.3f}")
 """
 
 
+@pytest.mark.slow
 def test_a_small_file_of_many_pixels_is_refused_without_decoding_it():
     """A 36-megapixel PNG of a few KB (a decompression bomb in miniature) is refused from its
     header: no time, no memory (peak RSS measured in a fresh process)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tests = Path(__file__).parent
-    run = subprocess.run(
-        [sys.executable, "-c", DECODE_PROBE, str(tests)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tests.parent,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-    )
+    tests = str(REPO / "tests")
+    run = run_python("-c", DECODE_PROBE, tests, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
     outcome, grew_mb, seconds = run.stdout.strip().rsplit("|", 2)
     assert outcome.startswith("refused: bomb: 6000×6000 pixels is too large"), outcome
@@ -403,23 +389,20 @@ def test_a_picture_at_the_training_width_is_left_as_it_is():
     assert torch.equal(to_model_input(_drawn(6), BEST_PRE, stroke_width=None), plain[None, None])
 
 
-def test_predictor_matches_strokes_only_when_asked_or_recorded(tmp_path):
+def test_predictor_matches_strokes_only_when_asked_or_recorded(tiny_ckpt, tmp_path):
     """A checkpoint without a ``stroke_width`` hparam (older ones) predicts as before; one with it,
     or ``stroke_width=`` given, matches; ``stroke_width=0`` turns it off."""
-
-    from test_predict import tiny_checkpoint
-
     from maist.predict import Predictor
 
-    old = Predictor.from_checkpoint(tiny_checkpoint())
+    old = Predictor.from_checkpoint(tiny_ckpt)
     assert old.stroke_width is None and old.recorded_stroke_width is None
     pic = _drawn(1)
     assert torch.equal(old.prepare(pic), to_model_input(pic, old.preprocess, old.ink_ratio))
-    asked = Predictor.from_checkpoint(tiny_checkpoint(), stroke_width=2.4)
+    asked = Predictor.from_checkpoint(tiny_ckpt, stroke_width=2.4)
     assert asked.stroke_width == 2.4
     assert torch.equal(asked.prepare(pic), to_model_input(pic, old.preprocess, old.ink_ratio, stroke_width=2.4))
     assert not torch.equal(asked.prepare(pic), old.prepare(pic))
-    ckpt = torch.load(tiny_checkpoint(), weights_only=True)
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
     ckpt["hyper_parameters"]["stroke_width"] = 2.4
     torch.save(ckpt, tmp_path / "recorded.ckpt")
     recorded = Predictor.from_checkpoint(tmp_path / "recorded.ckpt")

@@ -5,6 +5,7 @@ import torch
 
 from maist.models import DeepMnistCNN, LinearSoftmax, ModernCNN
 from maist.module import MaistModule
+from tests.helpers import quiet_trainer
 
 
 def test_cnn_shapes_follow_the_article():
@@ -143,7 +144,6 @@ def test_modern_ensemble_averages_its_members_log_probabilities():
 
 # ---------------------------------------------------------------------- weight averaging
 def _fit(steps, callbacks, ckpt_path=None, seed=0):
-    import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(seed)
@@ -161,17 +161,7 @@ def _fit(steps, callbacks, ckpt_path=None, seed=0):
         loss_reduction="mean",
         classes=["あ", "い", "う"],
     )
-    trainer = L.Trainer(
-        max_steps=steps,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-        devices=1,
-    )
+    trainer = quiet_trainer(max_steps=steps, callbacks=callbacks)
     trainer.fit(module, DataLoader(data, batch_size=8), ckpt_path=ckpt_path, weights_only=False)
     return module, trainer
 

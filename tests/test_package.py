@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def test_the_configs_are_the_top_level_conf_folder():
@@ -23,7 +23,7 @@ def test_the_configs_are_the_top_level_conf_folder():
 
 
 @pytest.mark.slow
-def test_an_installed_wheel_trains_from_an_empty_folder(tmp_path):
+def test_an_installed_wheel_trains_from_an_empty_folder(tmp_path, sample_cache):
     wheels, target, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
     empty.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -33,7 +33,7 @@ def test_an_installed_wheel_trains_from_an_empty_folder(tmp_path):
     assert "maist/conf/train.yaml" in names and "maist/conf/experiment/best.yaml" in names
     assert "maist/fonts/NotoSansCJKjp-Regular-subset.otf" in names  # the figures name their characters
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
-    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1", "MAIST_CACHE_DIR": str(tmp_path / "c")}
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1", "MAIST_CACHE_DIR": str(sample_cache)}
     # the installed console script, run where there is no checkout
     script = target / "bin" / "maist-train"
     proc = subprocess.run(

@@ -1,156 +1,32 @@
 """Predictor and `python -m maist.predict`, on a tiny model trained here on the generated sample.
 
-The model (``tiny_checkpoint``) is trained at test time, once per session, on 12 kana of the
-shipped sample (fonts, not ETL data), and saved in Lightning's checkpoint format: it is shared
-with tests/test_images.py, test_export.py, test_serve.py and test_browser.py.
+The model (tests.helpers.tiny_checkpoint, the ``tiny_ckpt`` and ``predictor`` fixtures of
+conftest.py) is trained at test time, once per session, on 12 kana of the shipped sample (fonts,
+not ETL data), and saved in Lightning's checkpoint format; other test modules use it too.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
-import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import plain_preprocess
+from tests.helpers import (
+    REPO,
+    TINY_CHARS,
+    held_out,
+    paper_picture,
+    run_python,
+    tiny_checkpoint,
+    tiny_predictor,  # noqa: F401  (test_serve.py and test_browser.py import it from here)
+)
 
-REPO = Path(__file__).resolve().parents[1]
-
-# Distinct shapes, simple to draw; the model reads only these.
-TINY_CHARS = "あいくこしすつてのへもん"
-TEST_WRITERS_FROM = 9055  # sample sheets 9055–9060 are held out of the tiny model's training
-
-_lock = threading.RLock()
-_cache: dict[str, object] = {}
-
-
-def sample_records(chars: str = TINY_CHARS):
-    """(images (N, 127, 128) levels 0..15, chars (N,), sheets (N,)) of the shipped sample."""
-    from maist.data.etl import read_etl
-    from maist.data.kana import char_to_jis, jis_to_char
-    from maist.data.sample import SAMPLE_ZIP
-
-    key = f"records:{chars}"
-    with _lock:
-        if key not in _cache:
-            r = read_etl(SAMPLE_ZIP, codes=[char_to_jis(c) for c in chars])
-            _cache[key] = (r.images, np.array([jis_to_char(int(j)) for j in r.jis]), r.sheet.copy())
-    return _cache[key]
-
-
-def build_tiny_checkpoint(path: Path, steps: int = 150, seed: int = 0) -> Path:
-    """Train a small DeepMnistCNN on TINY_CHARS of the sample (held-out writers excluded) and
-    save it as a MaistModule Lightning checkpoint; a few seconds on one core."""
-    import lightning as L
-
-    from maist.data.preprocess import etl_levels_to_float
-    from maist.module import MaistModule
-
-    images, chars, sheets = sample_records()
-    pre = plain_preprocess()
-    x = pre(etl_levels_to_float(images))[:, None]
-    y = torch.tensor([TINY_CHARS.index(c) for c in chars])
-    train = torch.from_numpy(sheets < TEST_WRITERS_FROM)
-    x, y = x[train], y[train]
-    torch.manual_seed(seed)
-    module = MaistModule(
-        net={
-            "_target_": "maist.models.DeepMnistCNN",
-            "num_classes": len(TINY_CHARS),
-            "image_size": pre.image_size,
-            "filters": [8, 16],
-            "hidden": 64,
-            "keep_prob": 1.0,
-            "init": "pytorch",
-        },
-        optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3},
-        classes=list(TINY_CHARS),
-        class_set="hiragana71",
-        preprocess=pre.as_dict(),
-    )
-    net = module.net
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        i = torch.randint(len(y), (32,), generator=g)
-        loss = torch.nn.functional.cross_entropy(net(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": L.__version__,
-            "epoch": 0,
-            "global_step": steps,
-        },
-        path,
-    )
-    return path
-
-
-def tiny_checkpoint() -> Path:
-    """The session's tiny checkpoint (built on first use, deleted at exit)."""
-    with _lock:
-        if "ckpt" not in _cache:
-            folder = Path(tempfile.mkdtemp(prefix="maist-tiny-"))
-            atexit.register(shutil.rmtree, folder, True)
-            torch.set_num_threads(1)
-            _cache["ckpt"] = build_tiny_checkpoint(folder / "tiny.ckpt")
-    return _cache["ckpt"]
-
-
-def tiny_predictor():
-    from maist.predict import Predictor
-
-    with _lock:
-        if "predictor" not in _cache:
-            _cache["predictor"] = Predictor.from_checkpoint(tiny_checkpoint())
-    return _cache["predictor"]
-
-
-def paper_picture(levels: np.ndarray) -> np.ndarray:
-    """An ETL record (levels 0..15, ink bright) as a picture of dark ink on white, uint8."""
-    return np.round(255 * (1 - levels.astype(np.float32) / 15)).astype(np.uint8)
-
-
-def held_out(char: str, k: int = 0) -> np.ndarray:
-    images, chars, sheets = sample_records()
-    idx = np.nonzero((chars == char) & (sheets >= TEST_WRITERS_FROM))[0]
-    return images[idx[k]]
-
-
-def run_cli(module: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": tempfile.gettempdir()},
-    )
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt() -> Path:
-    return tiny_checkpoint()
-
-
-@pytest.fixture(scope="session")
-def predictor(tiny_ckpt):
-    return tiny_predictor()
+# ``python -m maist.predict`` in a bare environment: no locale, a HOME of nothing of the user's
+BARE_ENV = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": tempfile.gettempdir()}
 
 
 # ---------------------------------------------------------------------- Predictor
@@ -235,6 +111,7 @@ def test_cli_table_and_json(tiny_ckpt, pictures, tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "broken.png" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_names_from_files_cannot_break_the_output(tiny_ckpt, pictures, tmp_path):
     """A file name with a newline or undecodable bytes, and class names from the checkpoint holding
     terminal escape sequences, print escaped: one table row each, valid UTF-8 JSON, no control
@@ -252,7 +129,8 @@ def test_names_from_files_cannot_break_the_output(tiny_ckpt, pictures, tmp_path)
     for name in odd:
         shutil.copy(pictures / "ku.png", os.path.join(os.fsencode(folder), name))
     for fmt in ("table", "json"):
-        proc = run_cli("maist.predict", f"ckpt_path={hostile}", f"inputs=[{folder}]", f"format={fmt}", "k=2")
+        args = [f"ckpt_path={hostile}", f"inputs=[{folder}]", f"format={fmt}", "k=2"]
+        proc = run_python("-m", "maist.predict", *args, env=BARE_ENV)
         assert proc.returncode == 0, proc.stderr
         out = proc.stdout.encode("utf-8", "surrogateescape")
         out.decode("utf-8")  # valid UTF-8
@@ -312,9 +190,10 @@ def test_cli_bad_arguments_are_one_line_exit_2(problem, pictures, tmp_path, caps
     }[problem] in err
 
 
+@pytest.mark.slow
 def test_python_m_entry_point_exits_2_without_traceback(tmp_path):
     picture = tmp_path / "missing.png"
-    res = run_cli("maist.predict", f"ckpt_path={tmp_path / 'model.ckpt'}", f"inputs=[{picture}]")
+    res = run_python("-m", "maist.predict", f"ckpt_path={tmp_path / 'model.ckpt'}", f"inputs=[{picture}]", env=BARE_ENV)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'model.ckpt'}: no such checkpoint (pass ckpt_path=…/checkpoints/best.ckpt or last.ckpt "

@@ -6,8 +6,6 @@ model commands (predict, visualize), which must work for any class set a checkpo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ from PIL import Image, ImageDraw
 
 from maist.data.etl import ETL9G, write_etl
 from maist.data.kana import char_to_jis, class_set
+from tests.helpers import metrics, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
 KANJI = class_set("kanji2965").classes[100:124]  # 24 kanji, none of them hiragana
 WRITERS = 20  # a writer split: 14 train, 2 validate, 4 test
 STROKES = 3  # random strokes per glyph
@@ -67,9 +65,6 @@ SHORT = [
     "model.net.convs_per_stage=1",
     "model.net.dropout=0.0",
     "trainer.log_every_n_steps=20",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "torch_threads=1",
 ]
 
 
@@ -78,28 +73,14 @@ def kanji_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("kanji")
     write_kanji_folder(base / "ETL9G")
     run_dir = base / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *SHORT,
-            f"data.root={base / 'ETL9G'}",
-            f"data.cache_dir={base / 'cache'}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train(*SHORT, f"data.root={base / 'ETL9G'}", f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={run_dir}")
     return base, run_dir
 
 
 @pytest.mark.slow
 def test_kanji_experiment_learns_the_classes_present(kanji_run):
     _, run_dir = kanji_run
-    m = json.loads((run_dir / "metrics.json").read_text())
+    m = metrics(run_dir)
     assert m["steps"] == 200
     # 3,036 outputs, 24 classes present: chance is 1/24 (4%) at best
     assert m["test/acc"] > 0.6, m

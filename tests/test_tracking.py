@@ -5,7 +5,6 @@ W&B (offline runs), and folders named by what they are."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,30 +14,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-QUIET = [
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "torch_threads=1",
-    "model=linear",
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=10",
-]
+from tests.helpers import metrics, run_train
+
+SHORT = ["model=linear", "trainer.max_steps=20", "trainer.val_check_interval=10"]  # every run here
 
 pytestmark = pytest.mark.slow
-
-
-def train(*overrides, env=None, cwd=REPO) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *overrides, *QUIET],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def hparams_row(tensorboard_dir: Path) -> tuple[dict, dict]:
@@ -55,20 +35,21 @@ def hparams_row(tensorboard_dir: Path) -> tuple[dict, dict]:
     return settings, finals
 
 
-def test_a_sweep_is_one_hparams_table_with_named_folders(tmp_path):
-    train(
+def test_a_sweep_is_one_hparams_table_with_named_folders(tmp_path, sample_cache):
+    run_train(
         "-m",
         "schedule=constant,stepped",
         f"hydra.sweep.dir={tmp_path}",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.cache_dir={sample_cache}",
         "~callbacks.feature_maps",
+        *SHORT,
     )
     jobs = sorted(p for p in tmp_path.iterdir() if (p / "metrics.json").is_file())
     assert [p.name.split(",")[0] for p in jobs] == ["0_model=linear", "1_model=linear"]
     assert "schedule=constant" in jobs[0].name and "schedule=stepped" in jobs[1].name
     for job, schedule in zip(jobs, ("constant", "stepped")):
         settings, finals = hparams_row(job / "tensorboard")
-        m = json.loads((job / "metrics.json").read_text())
+        m = metrics(job)
         assert settings["schedule"] == schedule and settings["model"] == "linear"
         assert settings["trainer.max_steps"] == 20 and settings["data.batch_size"] == 50
         assert finals["final/test/acc"] == pytest.approx(m["test/acc"], abs=1e-6)
@@ -111,19 +92,20 @@ def mlflow_ui(folder: Path, store: str):
     pytest.fail(f"mlflow ui did not answer: {ui.communicate()[0][-3000:]}")
 
 
-def test_mlflow_ui_opens_the_default_store(tmp_path, monkeypatch):
+def test_mlflow_ui_opens_the_default_store(tmp_path, sample_cache, monkeypatch):
     """A run logged with logger=mlflow's default store, read back through the README's
     `mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db` as the browser reads it: its
     experiment, run, settings, metrics and figures (no MLFLOW_ALLOW_FILE_STORE needed)."""
     pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow extra")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     run_dir = tmp_path / "run"
-    train(
+    run_train(
         "logger=mlflow",
         "schedule=stepped",
         f"hydra.run.dir={run_dir}",
         "trainer.log_every_n_steps=5",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.cache_dir={sample_cache}",
+        *SHORT,
         cwd=tmp_path,  # the store is outputs/mlflow.db in the folder trained in
     )
     ui, call = mlflow_ui(tmp_path, "sqlite:///outputs/mlflow.db")
@@ -134,7 +116,7 @@ def test_mlflow_ui_opens_the_default_store(tmp_path, monkeypatch):
         (run,) = runs["runs"]
         run_id = run["info"]["run_id"]
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
-        metrics = {p["key"]: p["value"] for p in run["data"]["metrics"]}
+        logged = {p["key"]: p["value"] for p in run["data"]["metrics"]}
         history = json.loads(call(f"ajax-api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=val/acc"))
         listed = json.loads(call(f"ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}&path=test/confusion"))
         (figure,) = [f["path"] for f in listed["files"]]
@@ -142,10 +124,10 @@ def test_mlflow_ui_opens_the_default_store(tmp_path, monkeypatch):
     finally:
         ui.terminate()
         ui.wait(30)
-    m = json.loads((run_dir / "metrics.json").read_text())
+    m = metrics(run_dir)
     assert params["schedule"] == "stepped" and params["model"] == "linear" and params["trainer.max_steps"] == "20"
-    assert metrics["final/test/acc"] == pytest.approx(m["test/acc"], abs=1e-6)
-    assert "train/loss" in metrics and len(history["metrics"]) == 2  # validated every 10 of 20 steps
+    assert logged["final/test/acc"] == pytest.approx(m["test/acc"], abs=1e-6)
+    assert "train/loss" in logged and len(history["metrics"]) == 2  # validated every 10 of 20 steps
     assert "schedule=stepped" in run["info"]["run_name"] and "logger" not in run["info"]["run_name"]
     assert figure == f"test/confusion/step{m['steps']:06d}.png" and png.startswith(b"\x89PNG")
 
@@ -199,21 +181,22 @@ def wandb_offline(tmp_path) -> dict:
     }
 
 
-def test_wandb_gets_the_settings_metrics_and_figures_one_run_per_job(tmp_path):
+def test_wandb_gets_the_settings_metrics_and_figures_one_run_per_job(tmp_path, sample_cache):
     pytest.importorskip("wandb", reason="logger=wandb needs the wandb extra")
-    train(
+    run_train(
         "-m",
         "logger=wandb",
         "schedule=constant,stepped",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "trainer.log_every_n_steps=5",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.cache_dir={sample_cache}",
+        *SHORT,
         env=wandb_offline(tmp_path),
     )
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").is_file())
     assert len(jobs) == 2
     for job, schedule in zip(jobs, ("constant", "stepped")):
-        run, m = wandb_run(job), json.loads((job / "metrics.json").read_text())
+        run, m = wandb_run(job), metrics(job)
         assert run["exit_code"] == 0, "log_summary ends each job's run"
         assert run["config"]["schedule"] == schedule and run["config"]["model"] == "linear"
         assert run["config"]["trainer.max_steps"] == 20 and "logger" not in run["name"]

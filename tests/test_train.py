@@ -1,31 +1,11 @@
 """End to end through train.py on the shipped sample: learn, evaluate a checkpoint in a new
 process, resume at the same step, and a sweep whose failing job does not stop the others."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "torch_threads=1"]
-
-
-def train(*overrides, cwd=ROOT, check=True):
-    proc = subprocess.run(
-        [sys.executable, "train.py", *overrides, *FAST], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+from tests.helpers import metrics, run_train
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
@@ -68,13 +48,14 @@ class KillAt(L.Callback):
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory):
+def sample_run(tmp_path_factory, sample_cache):
     base = tmp_path_factory.mktemp("train")
     run_dir = base / "run"
-    train(*RUN, f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={run_dir}")
+    run_train(*RUN, f"data.cache_dir={sample_cache}", f"hydra.run.dir={run_dir}")
     return base, run_dir
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_its_outputs(sample_run):
     _, run_dir = sample_run
     m = metrics(run_dir)
@@ -91,6 +72,7 @@ def test_short_run_learns_and_writes_its_outputs(sample_run):
     assert not list((run_dir / "checkpoints").glob(".*tmp")), "a temporary checkpoint was left behind"
 
 
+@pytest.mark.slow
 def test_last_checkpoint_holds_the_final_weights_and_is_what_was_tested(sample_run):
     _, run_dir = sample_run
     assert ckpt_step(run_dir / "checkpoints/last.ckpt") == 200  # not the last validation's step, 150
@@ -98,55 +80,50 @@ def test_last_checkpoint_holds_the_final_weights_and_is_what_was_tested(sample_r
     assert metrics(run_dir)["tested_checkpoint"] == str(run_dir / "checkpoints/last.ckpt")
 
 
-def test_checkpoint_evaluates_the_same_in_a_new_process(sample_run):
+@pytest.mark.slow
+def test_checkpoint_evaluates_the_same_in_a_new_process(sample_run, sample_cache):
     base, run_dir = sample_run
     eval_dir = base / "eval"
-    train(
+    run_train(
         "train=false",
         f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}",
-        f"data.cache_dir={base / 'cache'}",
+        f"data.cache_dir={sample_cache}",
         f"hydra.run.dir={eval_dir}",
     )
     assert metrics(eval_dir)["test/acc"] == pytest.approx(metrics(run_dir)["test/acc"], abs=1e-6)
     assert metrics(eval_dir)["tested_checkpoint"] == str(run_dir / "checkpoints/last.ckpt")
 
 
+@pytest.mark.slow
 def test_evaluating_a_missing_checkpoint_says_so_in_one_line(tmp_path):
-    proc = train("train=false", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}", check=False)
+    proc = run_train("train=false", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope.ckpt'}: no such checkpoint")
     assert "Traceback" not in proc.stderr
 
 
-def test_a_killed_run_resumes_mid_epoch_with_the_same_batches(sample_run, tmp_path):
+@pytest.mark.slow
+def test_a_killed_run_resumes_mid_epoch_with_the_same_batches(sample_run, sample_cache, tmp_path):
     """Killed at step 120: last.ckpt holds step 75 (at most one validation interval lost); resumed
     from it, the run draws the same batches and dropout masks as the uninterrupted one, so every
     step's loss from 75 (mid-epoch: batch 12 of epoch 1) to 199 is the same."""
-    base, run_dir = sample_run
+    _, run_dir = sample_run
     (tmp_path / "killer.py").write_text(KILLER)
     killed = tmp_path / "killed"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *RUN,
-            *FAST,
-            "+callbacks.kill._target_=killer.KillAt",
-            "+callbacks.kill.step=120",
-            f"data.cache_dir={base / 'cache'}",
-            f"hydra.run.dir={killed}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    proc = run_train(
+        *RUN,
+        "+callbacks.kill._target_=killer.KillAt",
+        "+callbacks.kill.step=120",
+        f"data.cache_dir={sample_cache}",
+        f"hydra.run.dir={killed}",
+        env={"PYTHONPATH": str(tmp_path)},
+        check=False,
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     last = killed / "checkpoints/last.ckpt"
     assert ckpt_step(last) == 75
     resumed = tmp_path / "resumed"
-    train(*RUN, f"ckpt_path={last}", "test=false", f"data.cache_dir={base / 'cache'}", f"hydra.run.dir={resumed}")
+    run_train(*RUN, f"ckpt_path={last}", "test=false", f"data.cache_dir={sample_cache}", f"hydra.run.dir={resumed}")
     assert metrics(resumed)["steps"] == 200
     again, original = step_losses(resumed), step_losses(run_dir)
     assert sorted(again) == list(range(75, 200))
@@ -154,15 +131,16 @@ def test_a_killed_run_resumes_mid_epoch_with_the_same_batches(sample_run, tmp_pa
         assert again[step] == pytest.approx(original[step], rel=1e-5), f"step {step}"
 
 
-def test_sweep_of_short_runs_validates_and_reports_a_failing_job(tmp_path):
+@pytest.mark.slow
+def test_sweep_of_short_runs_validates_and_reports_a_failing_job(tmp_path, sample_cache):
     """A job whose max_steps is below val_check_interval (the default 1,000) still ends validated,
     with a best.ckpt and val/acc_best; a failing job does not stop the others."""
-    proc = train(
+    proc = run_train(
         "-m",
         "data.class_set=hiragana71,no_such_set",
         "model=linear",
         "trainer.max_steps=20",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.cache_dir={sample_cache}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "~callbacks.feature_maps",
     )
