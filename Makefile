@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
+XDIST  ?= -n auto --maxprocesses 2
 
 .PHONY: help install train test test-fast lint bench serve tensorboard clean
 
@@ -21,12 +22,13 @@ install: $(STAMP)  ## set up .venv with the project and its test tools
 train: install  ## train the article's CNN on the shipped sample (a few minutes; ARGS=… adds overrides)
 	$(PY) train.py experiment=sample $(ARGS)
 
+# Two pytest workers (pytest-xdist): most tests wait on one core for a subprocess or a short run.
 test: install  ## the whole test suite (about 6 minutes on 2 cores)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(XDIST) $(ARGS)
 
 # The inner loop: everything but multi-process runs, real training runs and the browser.
 test-fast: install  ## the inner loop: no multi-process runs, real training runs, browser or real handwriting
-	$(PY) -m pytest -m "not slow and not browser and not real_data" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow and not browser and not real_data" $(ARGS)
 
 # ruff: lint and format check (one line length, pyproject.toml); `pre-commit install` runs it on commit.
 lint: install  ## ruff lint and format check, as CI runs it

@@ -278,3 +278,17 @@ def test_last_checkpoint_every_n_steps_saves_at_its_multiples_and_at_the_end(tmp
     for bad in (0, -5, True):
         with pytest.raises(ValueError, match="every_n_steps"):
             LastCheckpoint(str(tmp_path), every_n_steps=bad)
+
+
+def test_a_stale_temporary_left_by_a_killed_write_is_deleted_when_the_run_starts(tmp_path):
+    from maist.callbacks.checkpoints import remove_stale_temporaries
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    stale = [ckpts / ".last.ckpt.k3j2.tmp", tmp_path / ".metrics.json.x9.tmp"]
+    kept = [ckpts / "last.ckpt", ckpts / "best.ckpt", tmp_path / "notes.tmp", ckpts / ".hidden"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert remove_stale_temporaries(tmp_path / "absent") == []

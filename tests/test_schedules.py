@@ -125,3 +125,17 @@ def test_resumed_callback_applies_the_right_value_at_once():
 def test_unknown_param_is_rejected():
     with pytest.raises(ValueError, match="lr"):
         StepSchedule("momentum", {0: 0.9})
+
+
+@pytest.mark.parametrize("max_steps, warned", [(1000, True), (999, True), (1001, False), (-1, False)])
+def test_a_run_that_ends_before_the_first_change_is_told_it_equals_constant(caplog, max_steps, warned):
+    """``stepped`` changes the rate first at step 1,000: a run of at most 1,000 steps never sees
+    it, and is told so (a sweep's ``stepped`` and ``constant`` runs cannot differ)."""
+    trainer = _Trainer(0, None)
+    trainer.max_steps = max_steps
+    cb = StepSchedule("lr", OmegaConf.load(f"{CONF}/stepped.yaml")["lr"]["values"])
+    with caplog.at_level("WARNING", logger="maist.callbacks.schedules"):
+        cb.on_train_start(trainer, _Module())
+    assert ("cannot differ" in caplog.text) == warned
+    if warned:
+        assert "step 1000" in caplog.text and f"ends at step {max_steps}" in caplog.text

@@ -217,3 +217,19 @@ def test_a_wandb_run_left_open_by_a_failed_job_ends_failed(tmp_path, monkeypatch
     WandbRunLogger(save_dir=tmp_path / "next")
     assert wandb.run is None
     assert wandb_run(tmp_path / "failed")["exit_code"] == 1
+
+
+@pytest.mark.parametrize("name", ["hiragana71", "hiragana75", "katakana48", "kanji881"])
+def test_per_class_metric_names_are_ascii_unique_and_readable(name):
+    """MLflow keeps only [A-Za-z0-9_./ -] in a metric name: ours are ASCII already, one per class."""
+    import re
+
+    from maist.data.kana import class_set
+    from maist.module import per_class_name
+
+    classes = class_set(name).classes
+    names = [per_class_name(i, c) for i, c in enumerate(classes)]
+    assert all(re.fullmatch(r"test_per_class/\d+_[a-z0-9_]+", n) for n in names)
+    assert len(set(names)) == len(names)
+    if name == "hiragana71":
+        assert names[0] == "test_per_class/00_a" and "test_per_class/60_ya" in names
