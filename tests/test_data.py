@@ -42,6 +42,7 @@ from maist.data.part import Part
 from maist.data.preprocess import etl_levels_to_float
 from maist.data.samplers import BatchIndexSampler
 from maist.data.split import make_split, split_by_writer, split_random
+from maist.errors import ConfigError
 from tests.helpers import plain_preprocess
 
 TINY = plain_preprocess(image_size=8)
@@ -738,6 +739,25 @@ def test_datamodule_writer_split(hiragana_folder, tmp_path):
     assert fx.dtype == torch.float32 and torch.equal(fx, xs[0].float() / 255) and fy is ys[0]
     # The parts share the dataset's images: nothing is copied.
     assert dm.train_set.store is dm.val_set.store is dm.test_set.store
+
+
+@pytest.mark.parametrize("split_by", ["writer", "random"])
+def test_the_dataset_split_is_the_datamodules_split(hiragana_folder, tmp_path, split_by):
+    """``EtlDataset(split=…)`` outside Lightning holds exactly the records of the data module's
+    part with the same settings (and the dataset's defaults are the data module's)."""
+    src = hiragana_folder("あいうえおかき", writers=range(1, 11))
+    kw = {"split_by": split_by, "val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 3}
+    steps = {k: v for k, v in TINY.as_dict().items() if k != "image_size"}
+    dm = datamodule(src["root"], tmp_path, preprocess=steps, **kw)
+    dm.setup("fit")
+    for name in ("train", "val", "test"):
+        ds = EtlDataset(src["root"], split=name, preprocess=TINY, cache_dir=tmp_path / "c", **kw)
+        part = getattr(dm, f"{name}_set")
+        assert len(ds) == len(part) > 0
+        assert torch.equal(ds.images, part.images()) and torch.equal(ds.targets, part.targets)
+        assert torch.equal(ds.writers, part.writers)
+    with pytest.raises(ConfigError, match="split='dev'"):
+        EtlDataset(src["root"], split="dev", preprocess=TINY, cache_dir=tmp_path / "c")
 
 
 def test_datamodule_with_test_root(hiragana_folder, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import metrics, run_train
+from tests.helpers import compose_cfg, metrics, run_train
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
@@ -92,6 +92,17 @@ def test_checkpoint_evaluates_the_same_in_a_new_process(sample_run, sample_cache
     )
     assert metrics(eval_dir)["test/acc"] == pytest.approx(metrics(run_dir)["test/acc"], abs=1e-6)
     assert metrics(eval_dir)["tested_checkpoint"] == str(run_dir / "checkpoints/last.ckpt")
+    assert metrics(eval_dir)["task_name"] == "eval" and metrics(run_dir)["task_name"] == "train"
+
+
+@pytest.mark.parametrize("train, folder", [("true", "outputs/train/"), ("false", "outputs/eval/")])
+def test_an_evaluation_is_filed_under_its_own_task(train, folder):
+    """``train=false`` runs go to ``outputs/eval/…``, not among the training runs."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(f"train={train}", hydra=True)
+    OmegaConf.resolve(cfg.hydra.run)
+    assert cfg.hydra.run.dir.startswith(folder)
 
 
 @pytest.mark.slow
