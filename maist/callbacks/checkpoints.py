@@ -70,7 +70,7 @@ class LastCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking or self._saved_step == trainer.global_step:
             return
-        trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it; rank zero writes
+        trainer.save_checkpoint(self.path)  # the full training state, for resuming; every rank calls it
         self._saved_step = trainer.global_step
 
     def on_validation_end(self, trainer, pl_module) -> None:
