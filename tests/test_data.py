@@ -744,7 +744,7 @@ def test_datamodule_writer_split(hiragana_folder, tmp_path):
 @pytest.mark.parametrize("split_by", ["writer", "random"])
 def test_the_dataset_split_is_the_datamodules_split(hiragana_folder, tmp_path, split_by):
     """``EtlDataset(split=…)`` outside Lightning holds exactly the records of the data module's
-    part with the same settings (and the dataset's defaults are the data module's)."""
+    part with the same settings, and refuses a split that does not exist."""
     src = hiragana_folder("あいうえおかき", writers=range(1, 11))
     kw = {"split_by": split_by, "val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 3}
     steps = {k: v for k, v in TINY.as_dict().items() if k != "image_size"}
