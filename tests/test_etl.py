@@ -21,7 +21,9 @@ from maist.data.etl import (
     EtlFormatError,
     RecordCheck,
     Source,
+    filled_array,
     g_type_content,
+    iter_chunks,
     list_sources,
     pack_records,
     read_etl,
@@ -171,6 +173,37 @@ def test_pack_and_read_round_trip(tmp_path):
     np.testing.assert_array_equal(recs.jis, jis)
     np.testing.assert_array_equal(recs.sheet, sheet)
     np.testing.assert_array_equal(recs.serial, serial)
+
+
+@pytest.mark.parametrize("codes", [None, [A, U], [A, I, U, KA, *KANJI]])  # none, some, every record kept
+def test_scratch_chunks_reuse_one_buffer_and_hold_the_same_images(tmp_path, codes):
+    rng = np.random.default_rng(4)
+    n = 23
+    images = rng.integers(0, 16, size=(n, H, W), dtype=np.uint8)
+    jis = rng.choice([A, I, U, KA, *KANJI], size=n)
+    write_etl(tmp_path / "ETL8G_01", ETL8G, images, jis, np.arange(n) + 1)
+    (src,) = list_sources(tmp_path)
+    wanted = None if codes is None else np.array(codes, np.int32)
+
+    fresh = [c.images.copy() for c in iter_chunks(src, wanted, chunk=5)]
+    reused, buffers = [], []
+    for c in iter_chunks(src, wanted, chunk=5, scratch=True):
+        reused.append(c.images.copy())  # valid until the next chunk: taken now
+        buffers.append(c.images)
+
+    keep = np.ones(n, bool) if codes is None else np.isin(jis, codes)
+    np.testing.assert_array_equal(np.concatenate(fresh), images[keep])
+    np.testing.assert_array_equal(np.concatenate(reused), images[keep])
+    assert len(fresh) == len(reused) == 5
+    assert all(np.shares_memory(buffers[0], b) for b in buffers if len(b))  # no new memory a chunk
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (40, 127, 128), (1000, 127, 128)])  # below and above the mapped size
+def test_filled_array_is_a_writable_array_of_its_shape(shape):
+    a = filled_array(shape)
+    assert a.shape == shape and a.dtype == np.uint8 and a.flags.writeable and a.flags.c_contiguous
+    a[...] = 7
+    assert int(a.sum()) == 7 * a.size
 
 
 def test_folder_reads_files_in_name_order_and_ignores_other_files(tmp_path, make_records):

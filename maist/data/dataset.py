@@ -107,7 +107,7 @@ class _File:
 def _preprocess_file(src: Source, codes: np.ndarray, preprocess: Preprocess, bar) -> _File:
     """Decode one file chunk by chunk and preprocess its kept records ``CHUNK`` at a time."""
     images, jis, sheet, keys, pixels, skipped = [], [], [], [], [], 0
-    for chunk in iter_chunks(src, codes):
+    for chunk in iter_chunks(src, codes, scratch=True):
         for i in range(0, len(chunk.images), CHUNK):
             images.append(preprocess.stored(chunk.images[i : i + CHUNK], src.layout.max_level))
         jis.append(chunk.jis)

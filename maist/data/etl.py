@@ -48,6 +48,7 @@ import contextlib
 import hashlib
 import logging
 import lzma
+import mmap
 import os
 import re
 import stat
@@ -591,6 +592,20 @@ def check_dummy(src: Source, dummy: np.ndarray) -> None:
 # ---------------------------------------------------------------- decoding
 
 _BLOCK = 64  # records unpacked at a time: the temporaries stay in the CPU cache
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map every page in one call
+
+
+def filled_array(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+    """An uninitialised array for a decode that writes every element of it. Where the system allows,
+    its memory is anonymous pages mapped all at once (``MAP_POPULATE``) instead of page by page on
+    first write, and never given to transparent huge pages: on a first call in a process, faulting
+    in new memory (and compacting it into huge pages, which numpy asks for) can cost more than the
+    decoding itself (``benchmarks.bench_decode`` prints the first call beside the later ones)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not _POPULATE or size < 1 << 22:  # small ones come from the allocator's reused memory
+        return np.empty(shape, dtype)
+    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
+    return np.frombuffer(pages, dtype=dtype).reshape(shape)
 
 
 def unpack_images(packed: np.ndarray, out: np.ndarray | None = None, layout: Layout = ETL8G) -> np.ndarray:
@@ -700,15 +715,24 @@ def _read(src: Source, chunk_bytes: int) -> Iterator[memoryview]:
 
 
 def iter_chunks(
-    src: Source, codes: np.ndarray | None = None, out: np.ndarray | None = None, chunk: int = CHUNK_RECORDS
+    src: Source,
+    codes: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    chunk: int = CHUNK_RECORDS,
+    scratch: bool = False,
 ) -> Iterator[Chunk]:
     """Read, check and decode one file ``chunk`` records at a time (its dummy left out), keeping
     the records whose code is in ``codes`` (all: ``None``); without a filter the images may be
-    unpacked straight into ``out`` (one row a record). After the last chunk the whole file's
-    content is judged (:class:`RecordCheck`): a file that is not its layout's raises there."""
+    unpacked straight into ``out`` (one row a record). With ``scratch``, every chunk's images are
+    unpacked into one buffer, valid until the next chunk is read (for a caller that takes what it
+    keeps from each chunk: no new memory a chunk). After the last chunk the whole file's content is
+    judged (:class:`RecordCheck`): a file that is not its layout's raises there."""
     layout = src.layout
     check_size(src.size, src.name, layout)
     check, first, filled = RecordCheck(src), 0, 0
+    buffer = None
+    if scratch and out is None:
+        buffer = np.empty((min(chunk, src.size // layout.record_size), layout.height, layout.width), np.uint8)
     for data in _read(src, chunk * layout.record_size):
         recs = np.frombuffer(data, dtype=layout.dtype)
         raw = np.frombuffer(data, dtype=np.uint8).reshape(len(recs), layout.record_size)  # every byte
@@ -723,9 +747,10 @@ def iter_chunks(
         if codes is not None:
             kept = np.flatnonzero(np.isin(codes_here, codes))
             skipped = len(recs) - len(kept)
-            # copies (data is reused); the raw bytes too: a structured copy leaves out unnamed bytes
-            recs, raw, place, codes_here = recs[kept], raw[kept], place[kept], codes_here[kept]
-        target = None if out is None else out[filled : filled + len(recs)]
+            if skipped:  # copies (data is reused); the raw bytes too: a structured copy leaves out unnamed bytes
+                recs, raw, place, codes_here = recs[kept], raw[kept], place[kept], codes_here[kept]
+        target = out[filled : filled + len(recs)] if out is not None else None
+        target = buffer[: len(recs)] if buffer is not None else target
         images = unpack_images(recs["image"], target, layout)
         filled += len(recs)
         headers = np.concatenate([raw[:, : layout.image_offset], raw[:, layout.image_end :]], axis=1)
@@ -765,7 +790,7 @@ def read_etl(path: str | os.PathLike, codes: Collection[int] | None = None) -> E
     kept_codes = None if codes is None else np.fromiter(codes, dtype=np.int32)
     starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     shape = (layout.height, layout.width)
-    out = np.empty((starts[-1], *shape), np.uint8) if kept_codes is None else None
+    out = filled_array((starts[-1], *shape)) if kept_codes is None else None
 
     def decode(k: int) -> list[Chunk]:
         return list(iter_chunks(sources[k], kept_codes, None if out is None else out[starts[k] : starts[k + 1]]))
@@ -782,7 +807,11 @@ def read_etl(path: str | os.PathLike, codes: Collection[int] | None = None) -> E
     if out is not None:
         images = out if keep.all() else out[keep]
     else:
-        images = np.concatenate([c.images for c in chunks])[keep] if chunks else np.empty((0, *shape), np.uint8)
+        images = np.empty((0, *shape), np.uint8)
+        if chunks:
+            joined_images = filled_array((sum(len(c.images) for c in chunks), *shape))
+            images = np.concatenate([c.images for c in chunks], out=joined_images)
+            images = images if keep.all() else images[keep]
     return EtlRecords(
         images=images,
         jis=joined("jis", np.int32),
