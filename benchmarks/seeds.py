@@ -9,7 +9,7 @@ Cases (``../shared/data/etl-dev/``, never copied into the project):
   ``etl4c-46`` (120 other writers, another scanner);
 - ``etl8g71``: ``etl8g-71`` (ETL8G, the article's 71 classes, voiced forms included) split by
   writer; also printed: its test images of a voiced family read as another form of their family
-  (ざ→さ, ば→ぱ, …), from the run's test analysis.
+  (ざ→さ, ば→ぱ, …), and its most frequent confusions of any kind, from the run's test analysis.
 
 Each run is ``python train.py experiment=… seed=…`` in a fresh process, one after the other, in a
 temporary folder; printed: per-seed test accuracy, training seconds and the 1-minute load average
@@ -43,6 +43,13 @@ def mark_errors(metrics: dict) -> list[str]:
             for j, pred in enumerate(family["classes"]):
                 out += [f"{true}→{pred}"] * (int(family["counts"][i][j]) if i != j else 0)
     return out
+
+
+def confusions(metrics: dict) -> str:
+    """The run's most frequent test confusions (its analysis's ``confused_pairs``), ``true→pred``
+    with a count above 1 as ``×n``."""
+    pairs = (metrics.get("analysis") or {}).get("confused_pairs", [])
+    return " ".join(f"{p['true']}→{p['pred']}" + (f"×{p['count']}" if p["count"] > 1 else "") for p in pairs) or "none"
 
 
 def run(experiment: str, case: str, seed: int, folder: Path, extra: list[str]) -> dict:
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{args.experiment} {case} seed {seed}: test/acc {accs[-1]:.2f}%  "
                     + (f"val/acc_best {100 * m['val/acc_best']:.2f}%  " if "val/acc_best" in m else "no validation  ")
                     + (f"voiced-family errors {len(marks)} {' '.join(marks)}  " if m.get("analysis") else "")
+                    + (f"(all: {confusions(m)})  " if m.get("analysis") else "")
                     + f"train {m['train_seconds']:.0f} s  (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
