@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from maist import registry
+from maist.data.preprocess import as_recorded
 from maist.errors import CheckpointError, ConfigError, first_line
 
 # What a MAIST checkpoint's hyper-parameters must hold to rebuild the model and its inputs.
@@ -170,7 +171,7 @@ def load_module(path: str | os.PathLike):
 
 def data_spec(ckpt: dict) -> dict:
     """The class set, image size and preprocessing a checkpoint was trained with."""
-    pre = dict(ckpt["hyper_parameters"]["preprocess"])
+    pre = as_recorded(ckpt["hyper_parameters"]["preprocess"])
     return {"class_set": ckpt["hyper_parameters"]["class_set"], "image_size": pre.pop("image_size"), "preprocess": pre}
 
 

@@ -31,7 +31,7 @@ import torch
 from maist import inference
 from maist.checkpoint import load_module
 from maist.cli import EXIT_USAGE, cli, float_option, int_option, parse_cli
-from maist.data.preprocess import Preprocess
+from maist.data.preprocess import Preprocess, as_recorded
 from maist.errors import CheckpointError, UsageError
 from maist.images import INK_FRAME_RATIO, ImageError, decode_image, list_images, load_image, to_model_input
 from maist.text import printable
@@ -59,7 +59,7 @@ class Predictor:
         recorded_stroke_width: float | None = None,
     ):
         self.net = net.eval()
-        self.preprocess_dict = dict(preprocess)
+        self.preprocess_dict = as_recorded(preprocess)
         self.preprocess = Preprocess(**self.preprocess_dict)
         self.image_size = self.preprocess.image_size
         self.ink_ratio = float(ink_ratio)
@@ -86,7 +86,7 @@ class Predictor:
         module, ckpt = load_module(path)
         hp = ckpt["hyper_parameters"]
         try:
-            pre = Preprocess(**dict(hp["preprocess"]))
+            pre = Preprocess(**as_recorded(hp["preprocess"]))
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: its preprocessing settings are not valid ({err})") from None
         if ink_ratio is None:

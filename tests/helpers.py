@@ -33,6 +33,8 @@ PLAIN = {
     "crop_mass": 0.0,
     "crop_connect": 0.0,
     "crop_bridge": 0.0,
+    "crop_border": 0.0,
+    "threshold_low": 0.0,
 }
 
 

@@ -42,6 +42,7 @@ from tests.helpers import run_train
         ("data.preprocess.despeckle=9", "data.preprocess.despeckle=9: must be a whole number from 0 to 8"),
         ("data.preprocess.crop=maybe", "data.preprocess.crop='maybe': must be true or false"),
         ("data.preprocess.crop_mass=0.7", "data.preprocess.crop_mass=0.7: must be a number in [0, 0.5)"),
+        ("data.preprocess.crop_border=0.3", "data.preprocess.crop_border=0.3: must be a number in [0, 0.25]"),
         # model and net
         ("model.net.keep_prob=0", "model.net.keep_prob=0: must be a number in (0, 1]"),
         ("model.net.keep_prob=1.5", "model.net.keep_prob=1.5: must be a number in (0, 1]"),

@@ -37,6 +37,24 @@ def test_checkpoint_rebuilds_with_its_classes_and_preprocess(predictor):
     assert not predictor.net.training
 
 
+def test_a_checkpoint_from_before_a_preprocessing_key_is_read_as_it_was_trained(tiny_ckpt, tmp_path):
+    """``crop_border`` came later: a checkpoint without it preprocesses as before (no band), not
+    with today's default; one with it keeps its own value."""
+    from maist.checkpoint import data_spec, read_checkpoint
+    from maist.predict import Predictor
+
+    ckpt = read_checkpoint(tiny_ckpt)
+    assert "crop_border" in ckpt["hyper_parameters"]["preprocess"]  # checkpoints record it now
+    ckpt["hyper_parameters"]["preprocess"]["crop_border"] = 0.1
+    torch.save(ckpt, tmp_path / "own.ckpt")
+    del ckpt["hyper_parameters"]["preprocess"]["crop_border"]
+    torch.save(ckpt, tmp_path / "before.ckpt")
+
+    assert Predictor.from_checkpoint(tmp_path / "own.ckpt").preprocess.crop_border == 0.1
+    assert Predictor.from_checkpoint(tmp_path / "before.ckpt").preprocess.crop_border == 0.0
+    assert data_spec(read_checkpoint(tmp_path / "before.ckpt"))["preprocess"]["crop_border"] == 0.0
+
+
 def test_top_k_reads_held_out_pictures(predictor, tmp_path):
     from PIL import Image
 

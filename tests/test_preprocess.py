@@ -1,6 +1,7 @@
 """Frame and speck handling in the shared preprocessing (the cross-data-set defaults), the block
 path against the per-image one, and the morphology they use."""
 
+import dataclasses
 from functools import cache
 
 import numpy as np
@@ -12,6 +13,7 @@ from benchmarks.bench_preprocess import OldPreprocess, differences
 from maist.data.dataset import to_uint8
 from maist.data.etl import read_etl
 from maist.data.preprocess import (
+    BEFORE_KEYS,
     INK_LEVEL,
     INK_TRIM,
     Preprocess,
@@ -88,8 +90,10 @@ STORED_SHARE = 1e-3  # of stored pixels that may be 1 off
 
 
 def assert_as_before(pre, levels: np.ndarray, max_level: int):
-    """``pre.stored`` and ``pre(...)`` against the per-image path, on ``levels``."""
-    old = OldPreprocess(**pre.as_dict())
+    """``pre.stored`` and ``pre(...)`` against the per-image path, on ``levels`` (without the
+    steps that came after that path, ``crop_border`` and hysteresis: their own tests are below)."""
+    pre = dataclasses.replace(pre, **BEFORE_KEYS)
+    old = OldPreprocess(**{k: v for k, v in pre.as_dict().items() if k not in BEFORE_KEYS})
     x = torch.from_numpy(etl_levels_to_float(levels, max_level))
     before = old(x)
     floats = pre(x)
@@ -228,3 +232,81 @@ def test_grow_within_takes_the_given_steps_through_the_mask():
     seed[0, 2, 0] = True
     assert int(grow_within(seed, mask, 4).sum()) == 5
     assert int(grow_within(seed, mask, 100).sum()) == 12
+
+
+def _character() -> np.ndarray:
+    """A stroke figure in the middle of an ETL8G frame (levels): a box outline and a diagonal."""
+    levels = np.zeros((127, 128), np.uint8)
+    levels[30:34, 30:100] = 15
+    levels[30:95, 30:34] = 15
+    for i in range(60):
+        levels[35 + i, 40 + i : 44 + i] = 13
+    return levels
+
+
+def test_a_smudge_at_the_edge_is_left_out_of_the_box():
+    """ETL8G scans with a smudge or a neighbour's stroke along the top or bottom edge: with
+    ``crop_border`` the character alone is framed, exactly as if the smudge were not there."""
+    alone = _character()
+    smudged = alone.copy()
+    smudged[0:4, 10:110] = 11  # along the top edge, apart from the character
+    smudged[124:127, 40:70] = 9  # and the bottom edge
+    border, no_band = Preprocess(crop_border=0.05), Preprocess(crop_border=0.0)
+    stored = border.stored(np.stack([alone, smudged]), 15)
+    assert np.array_equal(stored[0], stored[1])
+    assert np.array_equal(stored[0], no_band.stored(alone[None], 15)[0])  # no smudge: as without the band
+    assert not np.array_equal(no_band.stored(smudged[None], 15)[0], stored[0])  # without it, the smudge is framed
+
+
+def test_ink_connected_to_the_character_brings_the_box_into_the_band():
+    """A stroke of the character that runs into the band is part of the box: it grows back over it."""
+    levels = _character()
+    levels[3:30, 60:64] = 15  # from the top edge down to the character's top bar
+    x = torch.from_numpy(levels[None] / 15.0).float()
+    boxes = [int(b) for b in Preprocess(crop_border=0.05).crop_boxes(x)]
+    assert boxes[0] == 3  # the top of the stroke, 3 rows inside the 6-row band
+    assert boxes == [int(b) for b in Preprocess(crop_border=0.0).crop_boxes(x)]  # the same box as with no band
+
+
+def test_ink_only_in_the_band_is_boxed_as_without_it():
+    levels = np.zeros((1, 127, 128), np.uint8)
+    levels[0, 1:5, 20:60] = 15
+    assert np.array_equal(
+        Preprocess(crop_border=0.05).stored(levels, 15), Preprocess(crop_border=0.0).stored(levels, 15)
+    )
+
+
+def test_hysteresis_keeps_faint_ink_touching_a_stroke_and_drops_faint_ink_apart():
+    """``threshold_low``: a faint stroke end (a dakuten's fringe) joined to dark ink stays, a faint
+    line apart (a cell frame) goes, where a plain threshold keeps both or neither."""
+    levels = np.zeros((1, 127, 128), np.uint8)
+    levels[0, 30:100, 50:54] = 15  # a dark stroke
+    levels[0, 100:106, 50:54] = 5  # its faint end, joined to it (within threshold_reach: 7 steps)
+    levels[0, 20:110, 100:102] = 5  # a faint line apart
+    x = torch.from_numpy(etl_levels_to_float(levels, 15))
+    plain = dict(crop=False, despeckle=0, contrast="none", image_size=128, threshold_low=0.0)
+    faint = 5 / 15  # 0.33: between the two thresholds
+    kept = {
+        "0.35": Preprocess(threshold=0.35, **plain)(x)[0],
+        "0.25": Preprocess(threshold=0.25, **plain)(x)[0],
+        "hysteresis": Preprocess(threshold=0.35, **{**plain, "threshold_low": 0.25})(x)[0],
+    }
+    end, line = (slice(100, 106), slice(50, 54)), (slice(20, 110), slice(100, 102))
+    assert not kept["0.35"][end].any() and not kept["0.35"][line].any()
+    assert torch.allclose(kept["0.25"][end], torch.tensor(faint)) and kept["0.25"][line].all()
+    assert torch.allclose(kept["hysteresis"][end], torch.tensor(faint)) and not kept["hysteresis"][line].any()
+    assert torch.equal(kept["hysteresis"][30:100], kept["0.35"][30:100])  # the dark stroke as it was
+    # the cache's block path computes the same, bit for bit
+    pre = Preprocess(threshold=0.35, **{**plain, "threshold_low": 0.25})
+    assert np.array_equal(pre.stored(levels, 15), to_uint8(pre(x)))
+
+
+def test_hysteresis_reaches_only_as_far_as_threshold_reach():
+    levels = np.zeros((1, 127, 128), np.uint8)
+    levels[0, 10:40, 60:63] = 15
+    levels[0, 40:100, 60:63] = 5  # a faint tail of 60 rows below the dark stroke
+    plain = dict(crop=False, despeckle=0, contrast="none", image_size=128, threshold=0.35, threshold_low=0.25)
+    out = Preprocess(threshold_reach=0.05, **plain).stored(levels, 15)[0]  # 7 steps of 128
+    rows = np.flatnonzero(out[:, 61])
+    assert rows.max() == 39 + 7
+    assert Preprocess(threshold_reach=0.5, **plain).stored(levels, 15)[0][:, 61].nonzero()[0].max() == 99

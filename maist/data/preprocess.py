@@ -8,6 +8,9 @@ Steps, each a config value (``data.preprocess``):
   ink to 1, so light scans (ETL4C) look like dark ones; ``none`` keeps the levels.
 - ``threshold`` zeroes what stays below that fraction of the ink after stretching
   (faint cell frames, scanner noise).
+- ``threshold_low`` (hysteresis, 0: off) keeps what lies between it and ``threshold`` where it
+  is connected, within ``threshold_reach`` of the side, to ink above ``threshold``: a faint
+  dakuten's fringe and a light stroke's edges stay, a faint cell frame apart from the strokes goes.
 - ``despeckle: k`` (0: off) zeroes ink pixels with fewer than k ink pixels among their 8
   neighbours (scanner specks, dotted remains of a cell frame).
 - ``crop: true`` crops to the ink's bounding box and pads it to a square with ``margin``
@@ -21,6 +24,10 @@ Steps, each a config value (``data.preprocess``):
   most that fraction of the image side: the trimmed ends of the character's own strokes (the
   outer part of a dakuten or handakuten, usually its rightmost and topmost ink) come back,
   while specks and frame pieces apart from the character stay out.
+  ``crop_border``: ink within that fraction of the side of an edge does not start the box (scan
+  smudges and a neighbouring cell's strokes lie there on some ETL8G scans); the box still grows
+  into that band over ink connected to it (``crop_connect``). An image with ink only there is
+  boxed as if the band were inside.
 - the square is resized with antialiasing to ``image_size``.
 
 Every step runs on a block of images at once (:data:`BLOCK` of them, so memory stays bounded):
@@ -95,7 +102,11 @@ class Preprocess:
         despeckle: ink pixels with fewer ink neighbours than this become 0 (0: off).
         crop_connect: the box grows back over connected ink by at most this fraction of the side.
         crop_bridge: that growth crosses gaps of up to twice this fraction of the side.
+        crop_border: the band at each edge, a fraction of the side, whose ink does not start the box.
         ink_percentile: the percentile counted as full ink when stretching.
+        threshold_low: values from it up to ``threshold`` are kept where connected to values above
+            ``threshold`` (hysteresis; 0, or not below ``threshold``: off).
+        threshold_reach: how far (a fraction of the side) that connection may run through them.
     """
 
     image_size: int = 28
@@ -108,6 +119,9 @@ class Preprocess:
     crop_connect: float = 0.05  # … then grows back over ink connected to the box (≤ 5% of the side),
     crop_bridge: float = 0.03  # across gaps ≤ 6%: a dakuten/handakuten is never cut (tests/test_voiced.py)
     ink_percentile: float = 99.0  # the level counted as full ink when stretching
+    crop_border: float = 0.05  # edge smudges of ETL8G scans stay out of the box (docs/results.md)
+    threshold_low: float = 0.25  # hysteresis: faint ink kept where it touches ink above threshold (faint dakuten)
+    threshold_reach: float = 0.05  # … through at most this fraction of the side
 
     def __post_init__(self):
         name = "data.preprocess."
@@ -121,6 +135,9 @@ class Preprocess:
         checks.fraction(name + "crop_connect", self.crop_connect, high_open=False)
         checks.fraction(name + "crop_bridge", self.crop_bridge, high_open=False)
         checks.number(name + "ink_percentile", self.ink_percentile, 50.0, 100.0)
+        checks.number(name + "crop_border", self.crop_border, 0.0, 0.25)
+        checks.fraction(name + "threshold_low", self.threshold_low)
+        checks.fraction(name + "threshold_reach", self.threshold_reach, high_open=False)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -160,8 +177,8 @@ class Preprocess:
         if self.contrast == "stretch":
             x = stretch_contrast(x, self.ink_percentile)
         x = self._threshold(x)
-        keep, ink = self._despeckle(x > 0)
-        return self._frame(x * keep if self.despeckle else x, ink)
+        keep, ink = self._despeckle(self._connected(x > 0, x >= self.threshold))
+        return self._frame(x * keep if self.despeckle or self._hysteresis else x, ink)
 
     def _levels(self, levels: torch.Tensor, max_level: int, out: torch.Tensor) -> torch.Tensor:
         """A block of levels → (N, S, S) floats, its images held in ``out`` (N, H, W) meanwhile.
@@ -173,12 +190,29 @@ class Preprocess:
         if self.contrast == "stretch":
             table = stretch(table, *level_contrast(levels, values, self.ink_percentile))
         table = self._threshold(table).contiguous()
-        paper = ((table <= 0).sum(1) - 1).to(torch.uint8)
-        keep, ink = self._despeckle(levels.numpy() > paper.numpy()[:, None, None])
+        paper = ((table <= 0).sum(1) - 1).to(torch.uint8).numpy()[:, None, None]
+        faint = ((table < self.threshold).sum(1) - 1).to(torch.uint8).numpy()[:, None, None]
+        keep, ink = self._despeckle(self._connected(levels.numpy() > paper, levels.numpy() > faint))
         return self._frame(lookup(table, levels.numpy() * keep.numpy(), out), ink)
 
+    @property
+    def _hysteresis(self) -> bool:
+        return 0 < self.threshold_low < self.threshold
+
     def _threshold(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x < self.threshold, torch.zeros_like(x), x) if self.threshold > 0 else x
+        """Zero what lies below the threshold (the lower one with hysteresis)."""
+        low = self.threshold_low if self._hysteresis else self.threshold
+        return torch.where(x < low, torch.zeros_like(x), x) if low > 0 else x
+
+    def _connected(self, ink, strong):
+        """(N, H, W) bool ink above the (lower) threshold → the part of it that hysteresis keeps:
+        what is reached from the ``strong`` ink (above ``threshold``) within ``threshold_reach``
+        (all of ``ink`` when hysteresis is off)."""
+        if not self._hysteresis:
+            return ink
+        steps = max(1, math.ceil(self.threshold_reach * max(ink.shape[-2:])))
+        reached = morphology.grow_within(morphology.pack(strong), morphology.pack(ink), steps)
+        return morphology.unpack(reached, len(ink))
 
     def _despeckle(self, ink) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, H, W) bool ink → the ink :func:`despeckle` keeps, as a mask and bit-packed
@@ -197,13 +231,27 @@ class Preprocess:
     def crop_boxes(self, x: torch.Tensor, ink: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(N, H, W) images after threshold and despeckle → (top, bottom, left, right), inclusive,
         of the crop (each (N,) long). ``ink``: their ink bit-packed, if already at hand."""
-        top, bottom, left, right = ink_box(x, self.crop_mass, level=0.0)
+        top, bottom, left, right = self._inner_box(x)
         if self.crop_connect > 0 and self.crop_mass > 0:
             steps = max(1, math.ceil(self.crop_connect * max(x.shape[-2:])))
             bridge = math.ceil(self.crop_bridge * max(x.shape[-2:]))
             ink = morphology.pack(x > 0) if ink is None else ink
             top, bottom, left, right = grow_box(ink, top, bottom, left, right, steps, bridge)
         return top, bottom, left, right
+
+    def _inner_box(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:func:`ink_box` of the ink outside the ``crop_border`` band (of all of it where there is
+        none outside), in ``x``'s coordinates."""
+        band = round(self.crop_border * max(x.shape[-2:]))
+        if band == 0:
+            return ink_box(x, self.crop_mass, level=0.0)
+        inner = x[:, band:-band, band:-band]
+        box = [b + band for b in ink_box(inner, self.crop_mass, level=0.0)]
+        empty = torch.nonzero(inner.amax((1, 2)) <= 0).flatten()
+        if len(empty):
+            for b, f in zip(box, ink_box(x[empty], self.crop_mass, level=0.0)):
+                b[empty] = f
+        return tuple(box)
 
     def _crop_resize(self, x: torch.Tensor, boxes) -> torch.Tensor:
         """Crop each image to its box, pad it to a square with the margin and resize it, as two
@@ -225,6 +273,18 @@ class Preprocess:
             cols = frame_weights(table, first[group], left[group] - x0, widths[group], sides[group], wide)
             out[torch.from_numpy(group)] = torch.bmm(rows.transpose(1, 2), torch.bmm(torch.from_numpy(cut), cols))
         return out.clamp_(0.0, 1.0)
+
+
+# Settings added after checkpoints were first written, and the value that does what those did
+# without them: a checkpoint that predates a key is read with it (never with today's default).
+BEFORE_KEYS = {"crop_border": 0.0, "threshold_low": 0.0, "threshold_reach": 0.05}
+
+
+def as_recorded(settings) -> dict:
+    """A checkpoint's recorded preprocessing (its ``preprocess`` hyper-parameters), with every key
+    it predates (:data:`BEFORE_KEYS`) set as it behaved then: ``Preprocess(**as_recorded(…))``
+    preprocesses as its training did."""
+    return {**BEFORE_KEYS, **dict(settings)}
 
 
 def despeckle(x: torch.Tensor, min_neighbours: int) -> torch.Tensor:
