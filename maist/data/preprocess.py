@@ -177,7 +177,7 @@ class Preprocess:
         if self.contrast == "stretch":
             x = stretch_contrast(x, self.ink_percentile)
         x = self._threshold(x)
-        keep, ink = self._despeckle(self._connected(x > 0, x >= self.threshold))
+        keep, ink = self._clean(x > 0, lambda: x >= self.threshold)
         return self._frame(x * keep if self.despeckle or self._hysteresis else x, ink)
 
     def _levels(self, levels: torch.Tensor, max_level: int, out: torch.Tensor) -> torch.Tensor:
@@ -192,7 +192,7 @@ class Preprocess:
         table = self._threshold(table).contiguous()
         paper = ((table <= 0).sum(1) - 1).to(torch.uint8).numpy()[:, None, None]
         faint = ((table < self.threshold).sum(1) - 1).to(torch.uint8).numpy()[:, None, None]
-        keep, ink = self._despeckle(self._connected(levels.numpy() > paper, levels.numpy() > faint))
+        keep, ink = self._clean(levels.numpy() > paper, lambda: levels.numpy() > faint)
         return self._frame(lookup(table, levels.numpy() * keep.numpy(), out), ink)
 
     @property
@@ -204,23 +204,19 @@ class Preprocess:
         low = self.threshold_low if self._hysteresis else self.threshold
         return torch.where(x < low, torch.zeros_like(x), x) if low > 0 else x
 
-    def _connected(self, ink, strong):
-        """(N, H, W) bool ink above the (lower) threshold → the part of it that hysteresis keeps:
-        what is reached from the ``strong`` ink (above ``threshold``) within ``threshold_reach``
-        (all of ``ink`` when hysteresis is off)."""
-        if not self._hysteresis:
-            return ink
-        steps = max(1, math.ceil(self.threshold_reach * max(ink.shape[-2:])))
-        reached = morphology.grow_within(morphology.pack(strong), morphology.pack(ink), steps)
-        return morphology.unpack(reached, len(ink))
-
-    def _despeckle(self, ink) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, H, W) bool ink → the ink :func:`despeckle` keeps, as a mask and bit-packed
-        (:func:`maist.morphology.pack`, for the crop's growth)."""
+    def _clean(self, ink, strong) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H, W) bool ink above the (lower) threshold → the ink kept, as a mask and bit-packed
+        (:func:`maist.morphology.pack`, for the crop's growth): with hysteresis, what is reached
+        from ``strong()`` (the ink above ``threshold``) within ``threshold_reach``; then what
+        :func:`despeckle` keeps of it."""
         packed = morphology.pack(ink)
-        if not self.despeckle:
+        if self._hysteresis:
+            steps = max(1, math.ceil(self.threshold_reach * max(ink.shape[-2:])))
+            packed = morphology.grow_within(morphology.pack(strong()), packed, steps)
+        if self.despeckle:
+            packed &= morphology.crowded(packed, self.despeckle)
+        if not (self.despeckle or self._hysteresis):
             return torch.as_tensor(ink), packed
-        packed &= morphology.crowded(packed, self.despeckle)
         return morphology.unpack(packed, len(ink)), packed
 
     def _frame(self, x: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
@@ -231,23 +227,25 @@ class Preprocess:
     def crop_boxes(self, x: torch.Tensor, ink: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(N, H, W) images after threshold and despeckle → (top, bottom, left, right), inclusive,
         of the crop (each (N,) long). ``ink``: their ink bit-packed, if already at hand."""
-        top, bottom, left, right = self._inner_box(x)
+        ink = morphology.pack(x > 0) if ink is None else ink
+        top, bottom, left, right = self._inner_box(x, ink)
         if self.crop_connect > 0 and self.crop_mass > 0:
             steps = max(1, math.ceil(self.crop_connect * max(x.shape[-2:])))
             bridge = math.ceil(self.crop_bridge * max(x.shape[-2:]))
-            ink = morphology.pack(x > 0) if ink is None else ink
             top, bottom, left, right = grow_box(ink, top, bottom, left, right, steps, bridge)
         return top, bottom, left, right
 
-    def _inner_box(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _inner_box(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """:func:`ink_box` of the ink outside the ``crop_border`` band (of all of it where there is
-        none outside), in ``x``'s coordinates."""
+        none outside), in ``x``'s coordinates; ``ink``: ``x > 0`` bit-packed."""
         band = round(self.crop_border * max(x.shape[-2:]))
         if band == 0:
             return ink_box(x, self.crop_mass, level=0.0)
         inner = x[:, band:-band, band:-band]
         box = [b + band for b in ink_box(inner, self.crop_mass, level=0.0)]
-        empty = torch.nonzero(inner.amax((1, 2)) <= 0).flatten()
+        planes = ink.numpy()[:, band:-band, band:-band].reshape(len(ink), -1)
+        inked = morphology.unpack(torch.from_numpy(np.bitwise_or.reduce(planes, axis=1)), len(x))
+        empty = torch.nonzero(~inked).flatten()
         if len(empty):
             for b, f in zip(box, ink_box(x[empty], self.crop_mass, level=0.0)):
                 b[empty] = f
