@@ -598,9 +598,9 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map every page in one cal
 def filled_array(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
     """An uninitialised array for a decode that writes every element of it. Where the system allows,
     its memory is anonymous pages mapped all at once (``MAP_POPULATE``) instead of page by page on
-    first write, and never given to transparent huge pages: on a first call in a process, faulting
-    in new memory (and compacting it into huge pages, which numpy asks for) can cost more than the
-    decoding itself (``benchmarks.bench_decode`` prints the first call beside the later ones)."""
+    first write, without numpy's request for transparent huge pages: on a first call in a process,
+    faulting in new memory (and compacting it into huge pages) can cost more than the decoding
+    itself (``benchmarks.bench_decode`` prints the first call beside the later ones)."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if not _POPULATE or size < 1 << 22:  # small ones come from the allocator's reused memory
         return np.empty(shape, dtype)
