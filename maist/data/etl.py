@@ -749,8 +749,10 @@ def iter_chunks(
             skipped = len(recs) - len(kept)
             if skipped:  # copies (data is reused); the raw bytes too: a structured copy leaves out unnamed bytes
                 recs, raw, place, codes_here = recs[kept], raw[kept], place[kept], codes_here[kept]
-        target = out[filled : filled + len(recs)] if out is not None else None
-        target = buffer[: len(recs)] if buffer is not None else target
+        if buffer is not None:
+            target = buffer[: len(recs)]
+        else:
+            target = None if out is None else out[filled : filled + len(recs)]
         images = unpack_images(recs["image"], target, layout)
         filled += len(recs)
         headers = np.concatenate([raw[:, : layout.image_offset], raw[:, layout.image_end :]], axis=1)

@@ -227,17 +227,19 @@ class Preprocess:
     def crop_boxes(self, x: torch.Tensor, ink: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(N, H, W) images after threshold and despeckle → (top, bottom, left, right), inclusive,
         of the crop (each (N,) long). ``ink``: their ink bit-packed, if already at hand."""
-        ink = morphology.pack(x > 0) if ink is None else ink
+        grows = self.crop_connect > 0 and self.crop_mass > 0
+        if ink is None and (grows or self.crop_border > 0):
+            ink = morphology.pack(x > 0)
         top, bottom, left, right = self._inner_box(x, ink)
-        if self.crop_connect > 0 and self.crop_mass > 0:
+        if grows:
             steps = max(1, math.ceil(self.crop_connect * max(x.shape[-2:])))
             bridge = math.ceil(self.crop_bridge * max(x.shape[-2:]))
             top, bottom, left, right = grow_box(ink, top, bottom, left, right, steps, bridge)
         return top, bottom, left, right
 
-    def _inner_box(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _inner_box(self, x: torch.Tensor, ink: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """:func:`ink_box` of the ink outside the ``crop_border`` band (of all of it where there is
-        none outside), in ``x``'s coordinates; ``ink``: ``x > 0`` bit-packed."""
+        none outside), in ``x``'s coordinates; ``ink``: ``x > 0`` bit-packed (needed with a band)."""
         band = round(self.crop_border * max(x.shape[-2:]))
         if band == 0:
             return ink_box(x, self.crop_mass, level=0.0)
