@@ -1,17 +1,21 @@
-"""Memory and speed of the cached uint8 store on a full-scale ETL9G-shaped folder generated on the
-fly (not ETL data): every record of etl9g_all (3,036 classes) at 64×64.
+"""Memory and speed of the cached uint8 store on a full-scale ETL9G- or ETL8G-shaped folder
+generated on the fly (not ETL data): by default every record of etl9g_all (3,036 classes) at 64×64.
 
-    python -m benchmarks.bench_memory [--files 50] [--baseline-files 1] [--image-size 64]
+    python -m benchmarks.bench_memory [--shape ETL9G|ETL8G] [--class-set NAME] [--files N]
+                                      [--baseline-files 1] [--image-size 64]
                                       [--preprocess config|plain] [--tmp DIR] [--keep]
 
-The folder mimics ETL9G: ``ETL9G_01`` … ``ETL9G_50`` of 12,144 records each (4 writers × 3,036
-characters), 607,200 records and 5.0 GB in all (``--files 4`` for a quick run). Images are
-random-ish (faint noise plus ink rectangles); every file holds the same images with its own
-sheet and serial numbers (so no record is a copy of another).
+``--shape ETL9G`` (the default) mimics ETL9G: ``ETL9G_01`` … ``ETL9G_50`` of 12,144 records each
+(4 writers × 3,036 characters), 607,200 records and 5.0 GB in all. ``--shape ETL8G``: ``ETL8G_01``
+… ``ETL8G_33`` of 4,780 records (5 writers × 956 characters), 157,740 records and 1.3 GB; its
+class set is ``etl8g_all`` unless ``--class-set hiragana71`` (the 71 hiragana: the other records
+are read and skipped). ``--files 4`` for a quick run. Images are random-ish (faint noise plus ink
+rectangles); every file holds the same images with its own sheet and serial numbers (so no record
+is a copy of another).
 
 Measured, each in a fresh child process (its peak memory is its own ``ru_maxrss``):
 
-- cold: ``EtlDataset(folder, "etl9g_all", preprocess=Preprocess(64, …))``: decode file by file, preprocess,
+- cold: ``EtlDataset(folder, class_set, preprocess=Preprocess(64, …))``: decode file by file, preprocess,
   write the uint8 cache entry (the target: peak memory under 3 GB for the whole set);
 - warm: the same call again (a cache hit: the target, under a second), then
   ``MaistDataModule.setup`` (load, writer split, ink ratio), then one pass reading every image:
@@ -44,47 +48,54 @@ import numpy as np
 
 from benchmarks.common import REPO, generate_folder, per_record_images
 
-FULL_FILES = 50
-WRITERS_PER_FILE = 4
+# layout name → (files of the full set, writers a file, its every-character class set)
+SHAPES = {"ETL9G": (50, 4, "etl9g_all"), "ETL8G": (33, 5, "etl8g_all")}
 MEMORY_TARGET = 3e9  # bytes: peak of the cold build, the whole set at 64×64
 WARM_TARGET = 1.0  # seconds: a warm load
 
 
-def generate(folder: Path, n_files: int, seed: int = 0) -> int:
-    """Write ETL9G_01 … ETL9G_nn into ``folder``; return the number of records."""
-    from maist.data.etl import ETL9G
+def layout_of(shape: str):
+    from maist.data import etl
+
+    return getattr(etl, shape)
+
+
+def generate(folder: Path, n_files: int, shape: str = "ETL9G", seed: int = 0) -> int:
+    """Write <shape>_01 … <shape>_nn into ``folder`` (every character of the shape's set, its
+    writers a file); return the number of records."""
     from maist.data.kana import class_set
 
-    return generate_folder(folder, ETL9G, list(class_set("etl9g_all").jis_to_label), n_files, WRITERS_PER_FILE, seed)
+    _, writers, every = SHAPES[shape]
+    codes = list(class_set(every).jis_to_label)
+    return generate_folder(folder, layout_of(shape), codes, n_files, writers, seed)
 
 
-def per_record_load(paths: list[Path], size: int) -> np.ndarray:
+def per_record_load(paths: list[Path], size: int, shape: str = "ETL9G") -> np.ndarray:
     """struct + PIL per record (benchmarks.common.per_record_images), resized to ``size`` and made
     float32, as published loaders do."""
     from PIL import Image
 
-    from maist.data.etl import ETL9G
-
     return np.stack(
         [
             np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 15
-            for img in per_record_images(paths, ETL9G)
+            for img in per_record_images(paths, layout_of(shape))
         ]
     )
 
 
-def decode_only(paths: list[Path]) -> int:
-    """What the build does before preprocessing: read, check and unpack file by file (every
-    character of etl9g_all kept, copies looked for); returns the records decoded."""
+def decode_only(paths: list[Path], class_set_name: str = "etl9g_all") -> int:
+    """What the build does before preprocessing: read, check and unpack file by file (the class
+    set's characters kept, copies looked for); returns the records decoded."""
     from maist.data.etl import Duplicates, iter_chunks, list_sources
     from maist.data.kana import class_set
 
-    codes = np.fromiter(class_set("etl9g_all").jis_to_label, dtype=np.int32)
+    codes = np.fromiter(class_set(class_set_name).jis_to_label, dtype=np.int32)
     n, copies = 0, Duplicates()
     for path in paths:
         (src,) = list_sources(path)
         for chunk in iter_chunks(src, codes):
-            n += int(copies.first_copies(chunk.keys, chunk.pixels).sum())
+            copies.first_copies(chunk.keys, chunk.pixels)
+            n += len(chunk.keys) + chunk.skipped
     return n
 
 
@@ -117,7 +128,7 @@ def child(args) -> dict:
 
     pre = preprocess_of(args.preprocess, args.image_size)
     started = time.perf_counter()
-    ds = EtlDataset(args.folder, "etl9g_all", preprocess=pre, cache_dir=args.cache)
+    ds = EtlDataset(args.folder, args.class_set, preprocess=pre, cache_dir=args.cache)
     out = {"seconds": time.perf_counter() - started, "records": len(ds), **_memory()}
     if args.child == "warm":
         from maist.data.datamodule import MaistDataModule
@@ -125,7 +136,7 @@ def child(args) -> dict:
         started = time.perf_counter()
         dm = MaistDataModule(
             root=args.folder,
-            class_set="etl9g_all",
+            class_set=args.class_set,
             image_size=args.image_size,
             preprocess={k: v for k, v in pre.as_dict().items() if k != "image_size"},
             cache_dir=args.cache,
@@ -155,6 +166,8 @@ def run_child(kind: str, folder: Path, cache: Path, args) -> dict:
         str(args.image_size),
         "--preprocess",
         args.preprocess,
+        "--class-set",
+        args.class_set,
     ]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)  # stderr: progress
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -169,7 +182,9 @@ def gb(n: float) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", type=int, default=FULL_FILES, help=f"ETL9G_nn files (default {FULL_FILES}: full scale)")
+    p.add_argument("--shape", choices=tuple(SHAPES), default="ETL9G", help="the layout generated (default ETL9G)")
+    p.add_argument("--class-set", default=None, help="the class set built (default: every character of the shape)")
+    p.add_argument("--files", type=int, default=None, help="files generated (default: the full set's)")
     p.add_argument("--baseline-files", type=int, default=1, help="files the per-record loader is timed on")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--preprocess", choices=("config", "plain"), default="config")
@@ -179,45 +194,52 @@ def main(argv=None) -> None:
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    full_files, _, every = SHAPES[args.shape]
+    args.class_set = args.class_set or every
+    args.files = max(1, args.files or full_files)
     if args.child:
         print(json.dumps(child(args)))
         return
 
     work = Path(tempfile.mkdtemp(prefix="maist-bench-memory-", dir=args.tmp))
     try:
-        folder, cache = work / "ETL9G", work / "cache"
+        folder, cache = work / args.shape, work / "cache"
         started = time.perf_counter()
-        total = generate(folder, max(1, args.files))
+        total = generate(folder, args.files, args.shape)
         size = sum(f.stat().st_size for f in folder.iterdir())
         print(
-            f"generated {args.files} ETL9G files, {total:,} records, {gb(size)} in "
+            f"generated {args.files} {args.shape} files, {total:,} records, {gb(size)} in "
             f"{time.perf_counter() - started:.1f} s ({folder})",
             flush=True,
         )
 
         files = sorted(folder.iterdir())[: max(1, args.baseline_files)]
         started = time.perf_counter()
-        n_base = len(per_record_load(files, args.image_size))
+        n_base = len(per_record_load(files, args.image_size, args.shape))
         base_rate = n_base / (time.perf_counter() - started)
 
-        decode_only([])  # its imports (torch among them) are not decoding
+        decode_only([], args.class_set)  # its imports (torch among them) are not decoding
         started = time.perf_counter()
-        n_decoded = decode_only(files)
+        n_decoded = decode_only(files, args.class_set)
         decode_rate = n_decoded / (time.perf_counter() - started)
 
         cold = run_child("cold", folder, cache, args)
         warm = run_child("warm", folder, cache, args)
-        assert cold["records"] == warm["records"] == total
+        assert cold["records"] == warm["records"]
+        kept = cold["records"]
         entry = next(p for p in cache.iterdir() if p.is_dir())
         on_disk = sum(f.stat().st_size for f in entry.iterdir())
         side = args.image_size
         cold_rate = total / cold["seconds"]
         before, after = warm["before_read"], warm["after_read"]
 
-        print(f"\n{total:,} records at {side}×{side}, preprocess={args.preprocess}:")
+        print(
+            f"\n{total:,} records read, {kept:,} of class set {args.class_set} kept, at {side}×{side}, "
+            f"preprocess={args.preprocess} (records/s count records read):"
+        )
         print(
             f"  cache entry on disk        {gb(on_disk)} (uint8; as float32 in memory it would be "
-            f"{gb(total * side * side * 4)})"
+            f"{gb(kept * side * side * 4)})"
         )
         print(
             f"  cold build                 {cold['seconds']:.1f} s, {cold_rate:,.0f} records/s, peak memory "
