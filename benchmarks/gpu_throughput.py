@@ -1,8 +1,9 @@
-"""Training images/s on a GPU: the article's CNN and ``best``, through the project's Trainer and in a
-plain PyTorch loop, in fp32 and bf16, at the configured batch and at a large one.
+"""Training images/s on a GPU: the article's CNN, ``best`` and ``kanji``, through the project's
+Trainer and in a plain PyTorch loop, in fp32 and bf16, at the configured batch and (but kanji) at a
+large one.
 
     python -m benchmarks.gpu_throughput [--root DIR] [--steps 300] [--warmup 50] [--big-batch 1024]
-                                        [--whole]
+                                        [--kanji-files 4] [--whole]
 
 For each recipe (``experiment=seed_stepped_dropout``, the article's CNN with its keep-probability
 schedule, and ``experiment=best``, with its augmentation and one-cycle rate) the benchmark builds the
@@ -12,6 +13,10 @@ data module and the model from the Hydra configs with ``trainer=gpu`` and measur
   indexed there, the schedule callbacks, no logger, no validation, no checkpoints);
 - ``plain``: the same network, optimizer, loss, augmentation and batch size in a bare loop over
   the same device tensors (``torch.autocast`` for bf16).
+
+``experiment=kanji`` (3,036 classes at 64×64, batch 256) trains on ``--kanji-files`` generated
+ETL9G-shaped files (``benchmarks.bench_memory``'s, 12,144 records each; 0: skip); its rows also
+give the seconds one pass over the whole of ETL9G (607,200 records) would take at that speed.
 
 Only steps after ``--warmup`` count, timed between CUDA-synchronised clocks. ``--whole`` also
 runs ``train.py experiment=best trainer=gpu`` and the article's 20,000 steps in fresh processes
@@ -34,11 +39,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from benchmarks.bench_memory import generate
 from benchmarks.common import bench_trainer, compose_cfg, configured_callbacks, datamodule, plain_loop, train_run
 from maist.config import register_configs
 from maist.run import build_module
 
-RECIPES = {"article CNN": "seed_stepped_dropout", "best": "best"}
+RECIPES = {"article CNN": "seed_stepped_dropout", "best": "best"}  # on --root (default: the shipped sample)
+ETL9G_RECORDS = 607_200  # a pass over the whole of ETL9G, for the kanji rows
 PRECISIONS = ("32-true", "bf16-mixed")
 GPU = ["trainer=gpu"]  # the benchmark config on the GPU trainer (and without a cache: data.cache_dir=false)
 
@@ -85,6 +92,26 @@ def plain_rate(cfg, dm, steps: int, warmup: int, precision: str) -> float:
     return steps * int(cfg.data.batch_size) / (time.perf_counter() - t0)
 
 
+def measure(name: str, experiment: str, root, cache_dir: str, out: str, args, big: bool) -> None:
+    """Print ``experiment``'s rows: Trainer and plain loop, each precision, at its batch (and at
+    ``--big-batch`` if ``big``)."""
+    base = compose_cfg(experiment, root, cache_dir, out, GPU)
+    L.seed_everything(0, workers=False)
+    dm = datamodule(base)
+    batches = [int(base.data.batch_size)] + ([args.big_batch] if big and args.big_batch else [])
+    for bs in batches:
+        for precision in PRECISIONS:
+            cfg = compose_cfg(experiment, root, cache_dir, out, [*GPU, f"trainer.precision={precision}"])
+            cfg.data.batch_size = bs
+            dm.hparams.batch_size = bs
+            lit = lightning_rate(cfg, dm, args.steps, args.warmup)
+            plain = plain_rate(cfg, dm, args.steps, args.warmup, precision)
+            row = f"{name:12s} {bs:5d} {precision:>10s} {lit:16,.0f} {plain:12,.0f} {lit / plain:6.2f}"
+            if experiment == "kanji":
+                row += f"   pass {ETL9G_RECORDS / lit:.1f} s (plain {ETL9G_RECORDS / plain:.1f} s)"
+            print(row, flush=True)
+
+
 def whole_run(experiment: str, root: str | None) -> dict:
     """``train.py experiment=… trainer=gpu`` in a fresh process, without a cache: its metrics and
     the process's seconds."""
@@ -101,6 +128,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=300, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--big-batch", type=int, default=1024, help="the second batch size measured (0: skip)")
+    p.add_argument("--kanji-files", type=int, default=4, help="ETL9G-shaped files kanji trains on (0: skip it)")
     p.add_argument("--whole", action="store_true", help="also time whole train.py runs in fresh processes")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -115,18 +143,12 @@ def main(argv=None) -> None:
         f"{'recipe':12s} {'batch':>5s} {'precision':>10s} {'lightning img/s':>16s} {'plain img/s':>12s} {'ratio':>6s}"
     )
     for name, experiment in RECIPES.items():
-        base = compose_cfg(experiment, args.root, "false", out, GPU)
-        L.seed_everything(0, workers=False)
-        dm = datamodule(base)
-        batches = [int(base.data.batch_size)] + ([args.big_batch] if args.big_batch else [])
-        for bs in batches:
-            for precision in PRECISIONS:
-                cfg = compose_cfg(experiment, args.root, "false", out, [*GPU, f"trainer.precision={precision}"])
-                cfg.data.batch_size = bs
-                dm.hparams.batch_size = bs
-                lit = lightning_rate(cfg, dm, args.steps, args.warmup)
-                plain = plain_rate(cfg, dm, args.steps, args.warmup, precision)
-                print(f"{name:12s} {bs:5d} {precision:>10s} {lit:16,.0f} {plain:12,.0f} {lit / plain:6.2f}", flush=True)
+        measure(name, experiment, args.root, "false", out, args, big=True)
+    if args.kanji_files:
+        folder = Path(out) / "ETL9G"
+        n = generate(folder, args.kanji_files)
+        print(f"kanji: {n:,} generated ETL9G-shaped records (not ETL data); 'pass' = seconds per pass over ETL9G")
+        measure("kanji", "kanji", str(folder), str(Path(out) / "cache"), out, args, big=False)
     if args.whole:
         print("\nwhole runs (train.py, trainer=gpu: validation, checkpoints, test, TensorBoard):")
         for experiment in ("best", "seed_stepped_dropout"):
