@@ -78,11 +78,13 @@ def plain_loop(cfg, model, part, steps: int, precision: str = "32-true"):
     ``cfg.data.batch_size`` drawn with replacement from ``part`` (a data module's part, on the
     model's device), made float per batch as the data module does, the model's augmentation,
     forward and loss (under bf16 autocast for a bf16 ``precision``), backward, and a step of
-    ``cfg.model.optimizer``. A generator: it yields each step's number before the step runs, so
-    that the caller can read its clock there (and after the loop)."""
+    the module's optimizer (``cfg.model.optimizer``, fused on a GPU as the module makes it). A
+    generator: it yields each step's number before the step runs, so that the caller can read its
+    clock there (and after the loop)."""
     net = model.net
     model.train()
-    opt = instantiate(cfg.model.optimizer, params=net.parameters())
+    built = model.configure_optimizers()  # the module's own optimizer (fused on a GPU); its schedule unused
+    opt = built["optimizer"] if isinstance(built, dict) else built
     bs = int(cfg.data.batch_size)
     gen = torch.Generator(part.device).manual_seed(0)
     bf16 = precision.startswith("bf16")

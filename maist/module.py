@@ -132,7 +132,12 @@ class MaistModule(L.LightningModule):
         self.test_class_stats = MulticlassStatScores(n, average=None)  # per class: tp, fp, tn, fn, support
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        self.nonfinite_step: int | None = None  # set when a loss was not finite (the step is skipped)
+        # The first step whose loss was not finite on some rank (its update was skipped): a Python
+        # int, or, when the optimizer skips on the device (nonfinite_on_device), a device tensor (-1: none).
+        self._nonfinite: int | torch.Tensor | None = None
+        self.nonfinite_on_device = False
+        self._found_inf: torch.Tensor | None = None  # this step's decision on that path: 1.0 = skip
+        self._updated = False  # whether an update has been made in this fit
 
     def forward(self, x):
         return self.net(x)
@@ -180,10 +185,12 @@ class MaistModule(L.LightningModule):
             x = self.augment(x)
         logits = self(x)
         loss = self.loss(logits, y)
-        if not self._all_finite(loss):
+        if self.nonfinite_on_device:
+            self._flag_nonfinite(loss)  # the fused optimizer skips the update if so, without a host read
+        elif not self._all_finite(loss):
             # Every rank skips this update together: a zero loss gives zero gradients (so the
             # gradient all-reduce still runs on every rank), and on_before_optimizer_step drops them.
-            self.nonfinite_step = self.global_step
+            self._nonfinite = self.global_step
             return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
         world_size = self.trainer.world_size if self._trainer is not None else 1
         if self.hparams.loss_reduction == "sum" and world_size > 1:
@@ -209,9 +216,45 @@ class MaistModule(L.LightningModule):
     training_step.__signature__ = inspect.signature(training_step)
 
     def on_before_optimizer_step(self, optimizer):
-        if self.nonfinite_step == self.global_step:  # a skipped step: the optimizer leaves every weight
-            for p in self.parameters():  # and its own state as they are
+        if self.nonfinite_on_device and self._updated:
+            # The fused kernels leave every weight and their own state as they are where this is 1
+            # (GradScaler's protocol). Not before the first update: that one makes the state (fused
+            # SGD's momentum buffers, uninitialised) and a skip would leave it so: it is decided here.
+            optimizer.found_inf = self._found_inf
+            return
+        skip = bool(self._found_inf) if self.nonfinite_on_device else self._nonfinite == self.global_step
+        if skip:  # a skipped step: the optimizer leaves every weight and its own state as they are
+            for p in self.parameters():
                 p.grad = None
+        self._updated = self._updated or not skip
+
+    def on_train_start(self):
+        # A fused optimizer (the default on a GPU) takes the skip decision as a device tensor, so a
+        # step needs no host synchronisation; the divergence guard reads it on logging steps only.
+        self.nonfinite_on_device = all(o.defaults.get("fused") for o in self.trainer.optimizers)
+        self._updated = self.global_step > 0  # whether the optimizer has made its state (a resumed run has)
+        if self.nonfinite_on_device and not isinstance(self._nonfinite, torch.Tensor):
+            step = -1 if self._nonfinite is None else self._nonfinite
+            self._nonfinite = torch.tensor(step, device=self.device)
+
+    @property
+    def nonfinite_step(self) -> int | None:
+        """The first training step whose loss was not finite on some rank (its update skipped on
+        every rank), or None. On the device path, reading it waits for the device."""
+        if isinstance(self._nonfinite, torch.Tensor):
+            step = int(self._nonfinite)
+            return None if step < 0 else step
+        return self._nonfinite
+
+    def _flag_nonfinite(self, loss: torch.Tensor) -> None:
+        """This step's skip decision, on the device and the same on every rank: 1.0 where the loss
+        is not finite on some rank (one all-reduce, no host read); the first such step is kept."""
+        bad = torch.isfinite(loss.detach()).logical_not().float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        self._found_inf = bad
+        first = self._nonfinite
+        self._nonfinite = torch.where((first < 0) & (bad > 0), self.global_step, first)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank: one decision that all ranks take together (a
@@ -274,7 +317,10 @@ class MaistModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
-        optimizer = registry.build(self.hparams.optimizer, "optimizer", params=self.parameters())
+        # On a GPU the optimizer runs fused (one kernel a step, and a skip decided on the device)
+        # unless its settings say otherwise (model.optimizer.fused=false).
+        fused = {"fused": True} if self.device.type == "cuda" and "fused" not in self.hparams.optimizer else {}
+        optimizer = registry.build(self.hparams.optimizer, "optimizer", params=self.parameters(), **fused)
         if not self.hparams.scheduler:
             return optimizer
         interval = self.hparams.scheduler.get("interval", "step")

@@ -101,12 +101,16 @@ def test_a_checkpoint_evaluates_the_same_in_one_and_two_processes(ddp_run, sampl
 
 
 @pytest.mark.slow
-def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path, sample_cache):
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path, sample_cache, fused):
+    """Decided on the host every step, or (a fused optimizer) on the device and read on the
+    logging steps: either way every rank skips the update and stops at the same step."""
     (tmp_path / "inject.py").write_text(INJECT)
     run_dir = tmp_path / "run"
     run_train(
         "trainer=ddp_cpu",
         "model=linear",
+        *(["+model.optimizer.fused=true", "trainer.log_every_n_steps=5"] if fused else []),
         "trainer.max_steps=40",
         "trainer.val_check_interval=20",
         "+callbacks.inject._target_=inject.NanOnRank",
@@ -120,7 +124,10 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(tmp_path, sample_
     )
     m = metrics(run_dir)
     assert m["stopped"] == "the training loss was not finite at step 7"
-    assert m["steps"] == 8  # step 7 made no update on either rank; the guard stopped both after it
+    if fused:  # read on the first logging step after step 7
+        assert 8 < m["steps"] <= 7 + 5 + 1
+    else:  # step 7 made no update on either rank; the guard stopped both after it
+        assert m["steps"] == 8
     state = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -42,6 +43,62 @@ def test_nonfinite_loss_stops_training_and_keeps_weights_finite(tmp_path, monkey
     assert model.nonfinite_step == 5
     assert "not finite at step 5" in guard.reason
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _nan_run(tmp_path, monkeypatch, after: int, fused: bool, momentum: float = 0.0, **trainer):
+    monkeypatch.setitem(registry.PARTS["net"], "tests.test_divergence.NanAfter", NanAfter)
+    torch.manual_seed(0)
+    model = MaistModule(
+        net={"_target_": "tests.test_divergence.NanAfter", "after": after},
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": momentum, "fused": fused},
+        classes=["a", "b", "c"],
+    )
+    start = [p.detach().clone() for p in model.parameters()]
+    data = TensorDataset(torch.rand(64, 1, 4, 4), torch.randint(3, (64,)))
+    guard = DivergenceGuard()
+    run = quiet_trainer(callbacks=[guard], default_root_dir=tmp_path, **{"max_steps": 50, **trainer})
+    run.fit(model, DataLoader(data, batch_size=8))
+    return model, run, guard, start
+
+
+def test_a_fused_optimizer_skips_on_the_device_and_the_guard_stops_at_the_next_logging_step(tmp_path, monkeypatch):
+    host, host_run, _, _ = _nan_run(tmp_path, monkeypatch, after=5, fused=False)
+    reads = []
+    check = DivergenceGuard._check_nonfinite
+    monkeypatch.setattr(DivergenceGuard, "_check_nonfinite", lambda *a: reads.append(1) or check(*a))
+    monkeypatch.setattr(MaistModule, "_all_finite", lambda *a: pytest.fail("a host read on the device path"))
+    model, run, guard, _ = _nan_run(tmp_path, monkeypatch, after=5, fused=True, log_every_n_steps=4)
+    assert len(reads) <= run.global_step // 4 + 2  # on logging steps and at the end, not every step
+    assert model.nonfinite_on_device and not host.nonfinite_on_device
+    assert model.nonfinite_step == 5 and "not finite at step 5" in guard.reason
+    # every step from 5 on was NaN and skipped: read on the logging step after it, not at once
+    assert host_run.global_step == 6 and 6 < run.global_step <= 6 + 4
+    # the same five updates: the skipped ones changed nothing
+    for p, q in zip(model.parameters(), host.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_a_skipped_first_update_leaves_the_fused_optimizer_without_state(tmp_path, monkeypatch):
+    """Fused SGD makes its momentum buffers on the first update and would leave them unset if the
+    device skipped it: the first update is decided on the host."""
+    model, run, guard, start = _nan_run(tmp_path, monkeypatch, after=0, fused=True, momentum=0.9)
+    assert model.nonfinite_step == 0 and guard.reason
+    assert not run.optimizers[0].state  # no buffers made: none of uninitialised memory
+    for p, q in zip(model.parameters(), start):
+        assert torch.equal(p, q)
+
+
+def test_the_optimizer_is_fused_on_a_gpu_unless_its_settings_say_otherwise():
+    for settings, fused in [({}, True), ({"fused": False}, False)]:
+        model = MaistModule(
+            net={"_target_": "maist.models.LinearSoftmax", "num_classes": 3, "image_size": 4},
+            optimizer={"_target_": "torch.optim.SGD", "lr": 0.1, **settings},
+            classes=["a", "b", "c"],
+        )
+        model._device = torch.device("cuda", 0)  # what Lightning's device mixin reports there
+        assert bool(model.configure_optimizers().defaults["fused"]) is fused
+        model._device = torch.device("cpu")
+        assert not model.configure_optimizers().defaults["fused"]
 
 
 class _Trainer:

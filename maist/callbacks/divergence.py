@@ -1,8 +1,10 @@
 """Stop a run that diverges: a non-finite loss, or validation accuracy collapsing.
 
 The module skips the optimizer step of a non-finite loss, so the weights stay finite; this
-callback then stops training with a clear message. ``best.ckpt`` (kept by ModelCheckpoint on
-``val/acc``) remains the model to use; ``reason`` says what happened (train.py records it).
+callback then stops training with a clear message: after that step, or, where the module decides
+on the device (a fused optimizer, the default on a GPU), at the next step that logs.
+``best.ckpt`` (kept by ModelCheckpoint on ``val/acc``) remains the model to use; ``reason`` says
+what happened (train.py records it).
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class DivergenceGuard(L.Callback):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Where the module decides on the device (a fused optimizer), reading its decision waits for
+        # the device: it is read on the steps that log (and so wait) anyway, and at the end.
+        if not getattr(pl_module, "nonfinite_on_device", False) or pl_module._logging_step():
+            self._check_nonfinite(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._check_nonfinite(trainer, pl_module)
+
+    def _check_nonfinite(self, trainer, pl_module) -> None:
         step = getattr(pl_module, "nonfinite_step", None)
         if step is not None and self.reason is None:
             self._stop(trainer, f"the training loss was not finite at step {step}")
