@@ -27,17 +27,7 @@ class NanAfter(torch.nn.Module):
 
 
 def test_nonfinite_loss_stops_training_and_keeps_weights_finite(tmp_path, monkeypatch):
-    monkeypatch.setitem(registry.PARTS["net"], "tests.test_divergence.NanAfter", NanAfter)  # buildable by name
-    torch.manual_seed(0)
-    model = MaistModule(
-        net={"_target_": "tests.test_divergence.NanAfter", "after": 5},
-        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
-        classes=["a", "b", "c"],
-    )
-    data = TensorDataset(torch.rand(64, 1, 4, 4), torch.randint(3, (64,)))
-    guard = DivergenceGuard()
-    trainer = quiet_trainer(max_steps=50, callbacks=[guard], default_root_dir=tmp_path)
-    trainer.fit(model, DataLoader(data, batch_size=8))
+    model, trainer, guard, _ = _nan_run(tmp_path, monkeypatch, after=5, fused=False)
     # five good updates; the sixth batch's loss is NaN: its update is skipped and the run stops there
     assert trainer.global_step == 6
     assert model.nonfinite_step == 5
