@@ -132,12 +132,13 @@ class MaistModule(L.LightningModule):
         self.test_class_stats = MulticlassStatScores(n, average=None)  # per class: tp, fp, tn, fn, support
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        # The first step whose loss was not finite on some rank (its update was skipped): a Python
-        # int, or, when the optimizer skips on the device (nonfinite_on_device), a device tensor (-1: none).
+        # A step whose loss was not finite on some rank (its update skipped): a Python int (the
+        # latest), or, where a fused optimizer skips on the device (nonfinite_on_device), a device
+        # tensor (the first; -1: none).
         self._nonfinite: int | torch.Tensor | None = None
         self.nonfinite_on_device = False
-        self._found_inf: torch.Tensor | None = None  # this step's decision on that path: 1.0 = skip
-        self._updated = False  # whether an update has been made in this fit
+        self._found_inf: torch.Tensor | None = None  # on that path, the coming update's decision: 1.0 = skip
+        self._had_no_state = False  # whether the optimizer had no state before the last update
 
     def forward(self, x):
         return self.net(x)
@@ -216,45 +217,64 @@ class MaistModule(L.LightningModule):
     training_step.__signature__ = inspect.signature(training_step)
 
     def on_before_optimizer_step(self, optimizer):
-        if self.nonfinite_on_device and self._updated:
+        if self.nonfinite_on_device:
             # The fused kernels leave every weight and their own state as they are where this is 1
-            # (GradScaler's protocol). Not before the first update: that one makes the state (fused
-            # SGD's momentum buffers, uninitialised) and a skip would leave it so: it is decided here.
-            optimizer.found_inf = self._found_inf
-            return
-        skip = bool(self._found_inf) if self.nonfinite_on_device else self._nonfinite == self.global_step
-        if skip:  # a skipped step: the optimizer leaves every weight and its own state as they are
-            for p in self.parameters():
+            # (GradScaler's protocol); it covers every micro-batch of the update.
+            optimizer.found_inf, self._found_inf = self._found_inf, None
+            self._had_no_state = not optimizer.state
+        elif self._nonfinite == self.global_step:  # a skipped step: the optimizer leaves every
+            for p in self.parameters():  # weight and its own state as they are
                 p.grad = None
-        self._updated = self._updated or not skip
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # A skipped update that made the optimizer's state leaves it as made (fused SGD's momentum
+        # buffers come from empty_like): read that one decision, and if it was a skip, drop the state.
+        if self._had_no_state:
+            self._had_no_state = False
+            made = [o for o in self.trainer.optimizers if o.state]
+            if made and any(bool(o.found_inf) for o in made):
+                for o in made:
+                    o.state.clear()
 
     def on_train_start(self):
         # A fused optimizer (the default on a GPU) takes the skip decision as a device tensor, so a
         # step needs no host synchronisation; the divergence guard reads it on logging steps only.
-        self.nonfinite_on_device = all(o.defaults.get("fused") for o in self.trainer.optimizers)
-        self._updated = self.global_step > 0  # whether the optimizer has made its state (a resumed run has)
+        # (Its param_groups, not its defaults: a resumed run's come from the checkpoint.)
+        groups = [g for o in self.trainer.optimizers for g in o.param_groups]
+        self.nonfinite_on_device = bool(groups) and all(g.get("fused") for g in groups)
+        self._found_inf, self._had_no_state = None, False
         if self.nonfinite_on_device and not isinstance(self._nonfinite, torch.Tensor):
             step = -1 if self._nonfinite is None else self._nonfinite
             self._nonfinite = torch.tensor(step, device=self.device)
 
     @property
     def nonfinite_step(self) -> int | None:
-        """The first training step whose loss was not finite on some rank (its update skipped on
-        every rank), or None. On the device path, reading it waits for the device."""
+        """A training step whose loss was not finite on some rank (its update skipped on every
+        rank), or None: the latest, or on the device path the first (read later, on logging steps).
+        On the device path, reading it waits for the device."""
         if isinstance(self._nonfinite, torch.Tensor):
             step = int(self._nonfinite)
             return None if step < 0 else step
         return self._nonfinite
 
     def _flag_nonfinite(self, loss: torch.Tensor) -> None:
-        """This step's skip decision, on the device and the same on every rank: 1.0 where the loss
-        is not finite on some rank (one all-reduce, no host read); the first such step is kept."""
+        """The coming update's skip decision, on the device and the same on every rank: 1.0 where
+        the loss of this or an earlier micro-batch of the update is not finite on some rank (one
+        all-reduce, no host read); the first such step is kept."""
         bad = torch.isfinite(loss.detach()).logical_not().float()
         if self._trainer is not None and self.trainer.world_size > 1:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        self._found_inf = bad
+        self._found_inf = bad if self._found_inf is None else torch.maximum(self._found_inf, bad)
         first = self._nonfinite
         self._nonfinite = torch.where((first < 0) & (bad > 0), self.global_step, first)
+
+    def _fused(self) -> dict:
+        """``{"fused": True}`` on a GPU (one kernel a step, and a skip decided on the device), unless
+        the optimizer's settings choose an implementation (``model.optimizer.fused=false``) or the
+        run trains in 16-mixed, whose GradScaler takes that decision itself; else ``{}``."""
+        chosen = {"fused", "foreach", "differentiable", "capturable"} & set(self.hparams.optimizer)
+        precision = str(getattr(self._trainer, "precision", ""))
+        return {"fused": True} if self.device.type == "cuda" and not chosen and precision != "16-mixed" else {}
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank: one decision that all ranks take together (a
@@ -317,10 +337,7 @@ class MaistModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
-        # On a GPU the optimizer runs fused (one kernel a step, and a skip decided on the device)
-        # unless its settings say otherwise (model.optimizer.fused=false).
-        fused = {"fused": True} if self.device.type == "cuda" and "fused" not in self.hparams.optimizer else {}
-        optimizer = registry.build(self.hparams.optimizer, "optimizer", params=self.parameters(), **fused)
+        optimizer = registry.build(self.hparams.optimizer, "optimizer", params=self.parameters(), **self._fused())
         if not self.hparams.scheduler:
             return optimizer
         interval = self.hparams.scheduler.get("interval", "step")

@@ -2,7 +2,8 @@
 
 The module skips the optimizer step of a non-finite loss, so the weights stay finite; this
 callback then stops training with a clear message: after that step, or, where the module decides
-on the device (a fused optimizer, the default on a GPU), at the next step that logs.
+on the device (a fused optimizer, the default on a GPU), at the next step that logs (at the end
+of training where none does: ``log_every_n_steps`` beyond ``max_steps``).
 ``best.ckpt`` (kept by ModelCheckpoint on ``val/acc``) remains the model to use; ``reason`` says
 what happened (train.py records it).
 """
